@@ -1,0 +1,1 @@
+"""Data spine: records, degradations, transforms and the grain input pipeline."""

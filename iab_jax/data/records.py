@@ -1,0 +1,317 @@
+"""The one record schema of iab_jax, its writer and its reader.
+
+A record holds the original image file bytes, never re-encoded, and the metadata of one image.
+On disk a record is `MAGIC | uint32 header length | JSON header | image bytes`; records live in
+ArrayRecord shards (group_size:1, so any record can be read at random). A dataset directory is
+
+  dataset.json        label map, classes, counts per generator x semantic, shards and their sha256
+  index.parquet       one row per record, in dataset order: every metadata field, no pixels
+  records/*.array_record
+
+Dataset order is the concatenation of the shards in `dataset.json` order; manifests name records
+by their position in that order and check them by sha256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import struct
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+MAGIC = b"IAB1"
+_HEADER = struct.Struct("<4sI")
+DATASET_JSON = "dataset.json"
+INDEX_PARQUET = "index.parquet"
+RECORDS_DIR = "records"
+SCHEMA_VERSION = 1
+WRITER_OPTIONS = "group_size:1"
+
+
+@dataclasses.dataclass
+class ImageRecord:
+  """One image and its metadata (DESIGN §3)."""
+
+  image: bytes  # original file bytes
+  key: str  # unique within a dataset, e.g. "SDXL/cat/x_p3_i0.png"
+  generator: str
+  label: int
+  levels: tuple[int, int, int, int]  # Table 6 family levels 0-3 (-1 where unknown)
+  semantic: str
+  source: str
+  width: int
+  height: int
+  format: str  # "PNG", "JPEG", ... as PIL names it
+  sha256: str  # of `image`
+  caption_id: str = ""
+  caption: str = ""
+  filename: str = ""  # original file name, for the official sorted-listdir order
+  crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) applied on decode
+  extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def metadata(self) -> dict[str, Any]:
+    meta = dataclasses.asdict(self)
+    del meta["image"]
+    meta["levels"] = list(self.levels)
+    meta["crop"] = list(self.crop) if self.crop else None
+    return meta
+
+
+METADATA_FIELDS = tuple(f.name for f in dataclasses.fields(ImageRecord) if f.name != "image")
+
+
+def sha256_bytes(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(chunk):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def serialize(record: ImageRecord) -> bytes:
+  header = json.dumps(record.metadata(), sort_keys=True, ensure_ascii=False).encode()
+  return _HEADER.pack(MAGIC, len(header)) + header + record.image
+
+
+def parse_header(data: bytes) -> tuple[dict[str, Any], int]:
+  """Metadata dict and the offset where the image bytes start."""
+  magic, length = _HEADER.unpack_from(data)
+  if magic != MAGIC:
+    raise ValueError(f"not an iab_jax record (magic {magic!r})")
+  start = _HEADER.size + length
+  return json.loads(data[_HEADER.size:start]), start
+
+
+def deserialize(data: bytes) -> ImageRecord:
+  meta, start = parse_header(data)
+  meta["levels"] = tuple(meta["levels"])
+  meta["crop"] = tuple(meta["crop"]) if meta.get("crop") else None
+  return ImageRecord(image=bytes(data[start:]), **meta)
+
+
+def image_bytes(data: bytes) -> memoryview:
+  """The image bytes of a serialized record, without copying or parsing the header."""
+  _, length = _HEADER.unpack_from(data)
+  return memoryview(data)[_HEADER.size + length:]
+
+
+class ShardWriter:
+  """Writes records to one ArrayRecord file, atomically: it appears under its name on close."""
+
+  def __init__(self, path: str):
+    from array_record.python import array_record_module
+
+    self.path = path
+    self._tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    self._writer = array_record_module.ArrayRecordWriter(self._tmp, WRITER_OPTIONS)
+    self.metadata: list[dict[str, Any]] = []
+
+  def write(self, record: ImageRecord) -> None:
+    self._writer.write(serialize(record))
+    self.metadata.append(record.metadata())
+
+  def close(self) -> None:
+    self._writer.close()
+    os.replace(self._tmp, self.path)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, *_):
+    if exc_type is None:
+      self.close()
+    else:
+      self._writer.close()
+      os.remove(self._tmp)
+
+
+def read_shard(path: str) -> list[bytes]:
+  from array_record.python import array_record_module
+
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    return reader.read_all()
+  finally:
+    reader.close()
+
+
+def write_dataset_metadata(root: str, shards: Sequence[str], metadata: Sequence[dict[str, Any]],
+                           classes: Sequence[str], **info: Any) -> dict[str, Any]:
+  """Writes index.parquet and dataset.json for shards already under root/records.
+
+  `metadata` holds one dict per record in dataset order (the shards' concatenation).
+  """
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  shard_info, offset = [], 0
+  rel = [os.path.relpath(s, root) for s in shards]
+  for path, name in zip(shards, rel):
+    n = _count_records(path)
+    shard_info.append({"path": name, "num_records": n, "offset": offset, "sha256": sha256_file(path)})
+    offset += n
+  if offset != len(metadata):
+    raise ValueError(f"shards hold {offset} records but {len(metadata)} metadata rows were given")
+  columns = {f: [m[f] for m in metadata] for f in METADATA_FIELDS}
+  columns["extra"] = [json.dumps(e, sort_keys=True) for e in columns["extra"]]
+  columns["shard"] = [i for i, s in enumerate(shard_info) for _ in range(s["num_records"])]
+  table = pa.table(columns)
+  pq.write_table(table, os.path.join(root, INDEX_PARQUET + ".tmp"))
+  os.replace(os.path.join(root, INDEX_PARQUET + ".tmp"), os.path.join(root, INDEX_PARQUET))
+
+  counts: dict[str, dict[str, int]] = {}
+  for m in metadata:
+    per = counts.setdefault(m["generator"], {})
+    per[m["semantic"]] = per.get(m["semantic"], 0) + 1
+  index_sha = hashlib.sha256("\n".join(m["sha256"] for m in metadata).encode()).hexdigest()
+  info_json = {
+      "schema_version": SCHEMA_VERSION,
+      "num_records": len(metadata),
+      "classes": list(classes),
+      "label_map": {name: i for i, name in enumerate(classes)},
+      "counts": counts,
+      "shards": shard_info,
+      "fingerprint": index_sha,  # sha256 over the records' sha256 in dataset order
+      **info,
+  }
+  tmp = os.path.join(root, DATASET_JSON + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(info_json, f, indent=1, sort_keys=True)
+  os.replace(tmp, os.path.join(root, DATASET_JSON))
+  return info_json
+
+
+def _count_records(path: str) -> int:
+  from array_record.python import array_record_module
+
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    return reader.num_records()
+  finally:
+    reader.close()
+
+
+def write_dataset(root: str, records: Iterable[ImageRecord], classes: Sequence[str],
+                  records_per_shard: int = 1000, **info: Any) -> dict[str, Any]:
+  """Writes a whole dataset in one go (mini-bench, tests, generation output)."""
+  shards, metadata, writer = [], [], None
+  for i, record in enumerate(records):
+    if i % records_per_shard == 0:
+      if writer:
+        writer.close()
+        metadata += writer.metadata
+      path = os.path.join(root, RECORDS_DIR, f"part-{len(shards):05d}.array_record")
+      writer = ShardWriter(path)
+      shards.append(path)
+    writer.write(record)
+  if writer:
+    writer.close()
+    metadata += writer.metadata
+  return write_dataset_metadata(root, shards, metadata, classes, **info)
+
+
+class Dataset:
+  """Read access to a dataset directory: metadata, index columns and records by position."""
+
+  def __init__(self, root: str):
+    path = os.path.join(root, DATASET_JSON)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{root} is not an iab_jax dataset: {DATASET_JSON} is missing "
+                              "(build one with `python -m data_prep.ingest` or `data_prep.minibench`)")
+    self.root = root
+    with open(path) as f:
+      self.info = json.load(f)
+    self.classes: list[str] = self.info["classes"]
+    self.shard_paths = [os.path.join(root, s["path"]) for s in self.info["shards"]]
+    self._source = None
+    self._index = None
+
+  def __len__(self) -> int:
+    return self.info["num_records"]
+
+  @property
+  def index(self):
+    """The index as a pyarrow Table (metadata of every record, dataset order)."""
+    if self._index is None:
+      import pyarrow.parquet as pq
+
+      self._index = pq.read_table(os.path.join(self.root, INDEX_PARQUET))
+    return self._index
+
+  def column(self, name: str) -> np.ndarray:
+    return self.index.column(name).to_numpy(zero_copy_only=False)
+
+  @property
+  def source(self):
+    """A grain ArrayRecordDataSource over all shards, in dataset order."""
+    if self._source is None:
+      import grain
+
+      self._source = grain.sources.ArrayRecordDataSource(self.shard_paths)
+    return self._source
+
+  def raw(self, i: int) -> bytes:
+    return self.source[int(i)]
+
+  def __getitem__(self, i: int) -> ImageRecord:
+    return deserialize(self.raw(i))
+
+  def verify(self, deep: bool = False) -> list[str]:
+    """Problems found: shard checksums; with deep=True also every record's image sha256."""
+    problems = []
+    for shard, path in zip(self.info["shards"], self.shard_paths):
+      if not os.path.exists(path):
+        problems.append(f"{shard['path']}: missing")
+      elif sha256_file(path) != shard["sha256"]:
+        problems.append(f"{shard['path']}: sha256 mismatch")
+    if deep and not problems:
+      expected = self.column("sha256")
+      for i in range(len(self)):
+        if sha256_bytes(bytes(image_bytes(self.raw(i)))) != expected[i]:
+          problems.append(f"record {i}: image sha256 mismatch")
+    return problems
+
+
+def decode(record: ImageRecord | bytes):
+  """Decodes a record (or serialized record) to an RGB PIL image, as the benchmark loads it.
+
+  Matches the official loader's `Image.open(path).convert("RGB")`, plus the recorded crop (Grok3's
+  watermark). 16-bit images are scaled to 8 bits first (PIL's convert would clip them).
+  """
+  from PIL import Image
+
+  if isinstance(record, (bytes, bytearray, memoryview)):
+    meta, start = parse_header(record)
+    data, crop = memoryview(record)[start:], meta.get("crop")
+  else:
+    data, crop = record.image, record.crop
+  img = Image.open(io.BytesIO(data))
+  img = to_rgb(img)
+  if crop:
+    img = img.crop(tuple(crop))
+  return img
+
+
+def to_rgb(img):
+  """RGB conversion of any PIL mode, with 16-bit and float modes scaled rather than clipped."""
+  from PIL import Image
+
+  if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    arr = np.asarray(img, dtype=np.int64)
+    peak = 65535 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
+    arr = np.clip(arr * 255 // peak, 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr, "L")
+  elif img.mode == "F":
+    arr = np.asarray(img, dtype=np.float32)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+  return img if img.mode == "RGB" else img.convert("RGB")
