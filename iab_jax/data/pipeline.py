@@ -1,0 +1,154 @@
+"""The grain input pipeline: manifest split -> records -> decode -> degradation -> transform -> batches.
+
+One function, `make_dataset`, serves training and evaluation on one host or many:
+  - the split's record positions come from a manifest (iab_jax.data.manifests);
+  - training shuffles with a seed shared by all processes, repeats for `num_epochs` (a new order
+    each epoch), and each JAX process takes every process_count-th element of that global order, so
+    the processes together see each record once per epoch and their local batches form the global
+    batch;
+  - evaluation keeps the manifest order and pads the split to whole global batches with masked
+    copies, so every process runs the same number of fixed-shape steps;
+  - a degradation level is a `degrade(k)` op prepended to the method's transform: it acts on the
+    decoded original, before any resize, as the benchmark applies it;
+  - with a pre-resized cache (iab_jax.data.cache) whose ops begin the transform, records are read
+    from the cache and only the remaining ops run (never under a degradation, which needs originals).
+
+Elements are dicts of numpy arrays: image (HWC, uint8 or float32 after normalize), label (int32,
+-1 for classes outside the manifest's label map), semantic (int32 index into SEMANTIC_ORDER, -1 if
+unknown), position (int64 record position), mask (bool, False for padding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from iab_jax.data import cache as cache_lib
+from iab_jax.data import generators, records, transforms
+
+
+class RecordsSource(grain.sources.RandomAccessDataSource):
+  """Records at given dataset positions, from the dataset's ArrayRecord shards (or a cache's)."""
+
+  def __init__(self, shard_paths: Sequence[str], positions: np.ndarray, mask: np.ndarray):
+    self._paths = list(shard_paths)
+    self._positions = np.asarray(positions, np.int64)
+    self._mask = np.asarray(mask, bool)
+    self._source = None
+
+  def __len__(self) -> int:
+    return len(self._positions)
+
+  def __getitem__(self, i):
+    if self._source is None:  # opened lazily: the source travels to worker processes unopened
+      self._source = grain.sources.ArrayRecordDataSource(self._paths)
+    position = int(self._positions[i])
+    return {"raw": self._source[position], "position": position, "mask": bool(self._mask[i])}
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_source"] = None
+    return state
+
+  def __repr__(self) -> str:
+    return f"RecordsSource({len(self._paths)} shards, {len(self)} records)"
+
+
+@dataclasses.dataclass
+class Prepare:
+  """Decodes one record and applies the transform; picklable for grain worker processes."""
+
+  transform: transforms.Transform
+  labels: np.ndarray  # label of every dataset record under the run's label map
+  semantics: np.ndarray  # semantic index of every dataset record
+  from_cache: bool
+
+  def __call__(self, element, rng: np.random.Generator | None = None):
+    if self.from_cache:
+      image = cache_lib.decode(element["raw"])
+    else:
+      image = records.decode(element["raw"])
+    position = element["position"]
+    return {
+        "image": self.transform(image, rng),
+        "label": np.int32(self.labels[position]),
+        "semantic": np.int32(self.semantics[position]),
+        "position": np.int64(position),
+        "mask": np.bool_(element["mask"]),
+    }
+
+  def random_map(self, element, rng):
+    return self(element, rng)
+
+
+def semantic_ids(dataset: records.Dataset) -> np.ndarray:
+  index = {name: i for i, name in enumerate(generators.SEMANTIC_ORDER)}
+  return np.array([index.get(s, -1) for s in dataset.column("semantic")], np.int32)
+
+
+def make_dataset(
+    dataset: records.Dataset,
+    positions: Sequence[int],
+    labels: np.ndarray,
+    transform: str,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int = 0,
+    num_epochs: int | None = 1,
+    degradation: int = 0,
+    cache: str | None = "auto",
+    process_index: int | None = None,
+    process_count: int | None = None,
+    worker_count: int = 0,
+) -> grain.IterDataset:
+  """Batches of one split. `batch_size` is global: each process yields batch_size/process_count.
+
+  `cache`: "auto" uses a matching cache of the dataset if one was built, None never does, a path
+  names a cache directory (an error if it cannot serve this transform).
+  """
+  if process_index is None or process_count is None:
+    import jax
+
+    process_index, process_count = jax.process_index(), jax.process_count()
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} processes")
+  local_batch = batch_size // process_count
+  spec = transforms.parse(transform).spec
+  if degradation:
+    spec = "|".join(s for s in (f"degrade({int(degradation)})", spec) if s)
+
+  shard_paths, rest = dataset.shard_paths, spec
+  cached = cache_lib.find(dataset, spec, cache)
+  if cached is not None:
+    shard_paths, rest = cached.shard_paths, cached.remaining(spec)
+  prepare = Prepare(transforms.parse(rest), labels, semantic_ids(dataset), cached is not None)
+
+  positions = np.asarray(positions, np.int64)
+  if len(positions) == 0:
+    raise ValueError("the split is empty")
+  mask = np.ones(len(positions), bool)
+  if not train:
+    pad = -len(positions) % batch_size
+    positions = np.concatenate([positions, np.repeat(positions[:1], pad)])
+    mask = np.concatenate([mask, np.zeros(pad, bool)])
+  ds = grain.MapDataset.source(RecordsSource(shard_paths, positions, mask))
+  ds = ds.seed(seed)
+  if train:
+    ds = ds.shuffle()
+  ds = ds.repeat(num_epochs)
+  ds = ds[process_index::process_count]
+  ds = ds.random_map(prepare) if prepare.transform.is_random else ds.map(prepare)
+  ds = ds.batch(local_batch, drop_remainder=train)
+  it = ds.to_iter_dataset()
+  if worker_count > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return it
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, train: bool) -> int:
+  """Steps that one epoch of make_dataset yields (training drops the last partial batch)."""
+  return num_examples // batch_size if train else -(-num_examples // batch_size)
