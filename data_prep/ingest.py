@@ -212,10 +212,11 @@ def make_plan(src: str, out: str, layout: str, chunk_size: int):
             "changed since the ingest started; use a new --out or delete it to start again.")
   else:
     os.makedirs(os.path.dirname(paths["ignored"]), exist_ok=True)
-    with open(paths["ignored"] + ".tmp", "w") as f:
+    tmp = f"{paths['ignored']}.tmp{os.getpid()}"  # workers may start together
+    with open(tmp, "w") as f:
       for path, why in enum.ignored:
         f.write(json.dumps({"path": path, "reason": why}) + "\n")
-    os.replace(paths["ignored"] + ".tmp", paths["ignored"])
+    os.replace(tmp, paths["ignored"])
     _atomic_json(paths["plan"], plan)
   return plan, enum.candidates
 
