@@ -25,11 +25,12 @@ def counts_table(ds: records.Dataset) -> str:
   semantics = [s for s in generators.SEMANTIC_ORDER if s in present]
   semantics += sorted(present - set(semantics))
   width = max(len(c) for c in ds.classes) + 2
+  levels_of = dict(zip(ds.column("generator"), ds.column("levels")))
   lines = ["label".ljust(6) + "class".ljust(width) + "levels".ljust(16)
            + "".join(s[:10].rjust(11) for s in semantics) + "total".rjust(8)]
   for label, name in enumerate(ds.classes):
     per = counts.get(name, {})
-    levels = ",".join(str(v) for v in generators.family_levels(name))
+    levels = ",".join(str(v) for v in levels_of.get(name, generators.family_levels(name)))
     lines.append(str(label).ljust(6) + name.ljust(width) + levels.ljust(16)
                  + "".join(str(per.get(s, 0)).rjust(11) for s in semantics)
                  + str(sum(per.values())).rjust(8))
@@ -76,7 +77,8 @@ def main(argv=None) -> int:
   labels = manifests.labels_for(manifest, ds)
   it = iter(pipeline.make_dataset(
       ds, manifest.splits[args.split], labels, args.transform, batch_size=args.batch_size,
-      train=False, degradation=args.degradation, process_index=0, process_count=1))
+      train=args.split == "train", degradation=args.degradation, process_index=0,
+      process_count=1))
   start, n, batch = time.perf_counter(), 0, None
   for _ in range(args.batches):
     step = next(it, None)
