@@ -11,10 +11,12 @@ setup(
     install_requires=[
         "absl-py",
         "array-record>=0.8",
+        "flax>=0.10",
         "grain>=0.2.18",
         "jax>=0.10",
         "ml-collections",
         "numpy>=1.26",
+        "optax",
         "pillow>=11",
         "pyarrow>=15",
         "scikit-image>=0.24",  # the mini-bench's photographs ship inside it
