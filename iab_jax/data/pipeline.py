@@ -145,6 +145,12 @@ def make_dataset(
   ds = ds.batch(local_batch, drop_remainder=train)
   it = ds.to_iter_dataset()
   if worker_count > 0:
+    from absl import flags
+
+    # grain's workers read its absl flags and raise if they were never parsed (as in a script or
+    # notebook not run under absl.app.run); grain 0.2.18 has no released fix.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return it
 
