@@ -107,6 +107,10 @@ def main():
   parser.add_argument("--workdir", default=None, help="keep the files here (default: temp)")
   args = parser.parse_args()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  # grain reads with a thread pool and PIL releases the GIL while decoding: pin the process to
+  # one core so that every figure is per core, not per machine.
+  if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
   work = args.workdir or tempfile.mkdtemp(prefix="iab_bench_")
   try:
     src, data = os.path.join(work, "src"), os.path.join(work, "data")
