@@ -311,22 +311,24 @@ def merge(out: str, quiet: bool = False) -> dict:
     raise SystemExit(f"error: {len(missing)} of {plan['num_chunks']} chunks are not done yet "
                      f"(first: {missing[:10]}); rerun the workers (chunk c belongs to worker "
                      "c % num_workers), then --merge")
-  shards, metadata, skipped, warnings = [], [], [], []
+  shards, hashes, metadata, skipped, warnings = [], [], [], [], []
   for c in range(plan["num_chunks"]):
     with open(chunk_json(out, c)) as f:
       summary = json.load(f)
-    if records.sha256_file(chunk_shard(out, c)) != summary["shard_sha256"]:
+    if records.sha256_file(chunk_shard(out, c)) != summary["shard_sha256"]:  # the only read of the shard
       raise SystemExit(f"error: shard of chunk {c} does not match its checksum; delete "
                        f"{chunk_json(out, c)} and rerun the worker to redo it")
     skipped += summary["skipped"]
     warnings += summary["warnings"]
     if summary["records"]:
       shards.append(chunk_shard(out, c))
+      hashes.append(summary["shard_sha256"])
       metadata += summary["records"]
   with open(paths["ignored"]) as f:
     ignored = [json.loads(line) for line in f]
   info = records.write_dataset_metadata(
-      out, shards, metadata, plan["classes"], source={"path": plan["src"], "layout": plan["layout"]})
+      out, shards, metadata, plan["classes"], shard_sha256=hashes,
+      source={"path": plan["src"], "layout": plan["layout"]})
   report = build_report(plan, metadata, skipped, warnings, ignored)
   _atomic_json(paths["report_json"], report)
   text = format_report(report)

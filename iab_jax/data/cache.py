@@ -112,13 +112,13 @@ def find(dataset: records.Dataset, spec: str, cache: str | None) -> Cache | None
   return best
 
 
-def _prepare(args):
-  raw, spec = args
-  return encode(np.asarray(transforms.parse(spec)(records.decode(raw))), _prepare.codec)
+def _prepare(raw):
+  return encode(np.asarray(_prepare.transform(records.decode(raw))), _prepare.codec)
 
 
-def _init(codec):
-  _prepare.codec = codec
+def _init(spec, codec):
+  """Per pool process: parse the transform once, not once per image."""
+  _prepare.transform, _prepare.codec = transforms.parse(spec), codec
 
 
 def build(dataset: records.Dataset, spec: str = DEFAULT_SPEC, codec: str = "raw",
@@ -133,8 +133,7 @@ def build(dataset: records.Dataset, spec: str = DEFAULT_SPEC, codec: str = "raw"
   out = out or os.path.join(dataset.root, CACHE_DIR, cache_name(spec))
   os.makedirs(out, exist_ok=True)
   jobs = jobs or os.cpu_count() or 1
-  pool = concurrent.futures.ProcessPoolExecutor(jobs, initializer=_init, initargs=(codec,))
-  _init(codec)
+  pool = concurrent.futures.ProcessPoolExecutor(jobs, initializer=_init, initargs=(spec, codec))
   shards, offset = [], 0
   progress = tqdm(total=len(dataset), unit="img", disable=quiet, desc="cache")
   try:
@@ -143,7 +142,7 @@ def build(dataset: records.Dataset, spec: str = DEFAULT_SPEC, codec: str = "raw"
       n = shard["num_records"]
       if not os.path.exists(path):
         writer = array_record_module.ArrayRecordWriter(path + ".tmp", records.WRITER_OPTIONS)
-        tasks = ((dataset.raw(p), spec) for p in range(offset, offset + n))
+        tasks = (dataset.raw(p) for p in range(offset, offset + n))
         for data in pool.map(_prepare, tasks, chunksize=8):
           writer.write(data)
           progress.update(1)

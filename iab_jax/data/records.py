@@ -146,19 +146,22 @@ def read_shard(path: str) -> list[bytes]:
 
 
 def write_dataset_metadata(root: str, shards: Sequence[str], metadata: Sequence[dict[str, Any]],
-                           classes: Sequence[str], **info: Any) -> dict[str, Any]:
+                           classes: Sequence[str], shard_sha256: Sequence[str] | None = None,
+                           **info: Any) -> dict[str, Any]:
   """Writes index.parquet and dataset.json for shards already under root/records.
 
-  `metadata` holds one dict per record in dataset order (the shards' concatenation).
+  `metadata` holds one dict per record in dataset order (the shards' concatenation);
+  `shard_sha256`, when the caller has just hashed the shards, saves reading them again.
   """
   import pyarrow as pa
   import pyarrow.parquet as pq
 
   shard_info, offset = [], 0
   rel = [os.path.relpath(s, root) for s in shards]
-  for path, name in zip(shards, rel):
+  hashes = shard_sha256 if shard_sha256 is not None else [sha256_file(p) for p in shards]
+  for path, name, digest in zip(shards, rel, hashes):
     n = _count_records(path)
-    shard_info.append({"path": name, "num_records": n, "offset": offset, "sha256": sha256_file(path)})
+    shard_info.append({"path": name, "num_records": n, "offset": offset, "sha256": digest})
     offset += n
   if offset != len(metadata):
     raise ValueError(f"shards hold {offset} records but {len(metadata)} metadata rows were given")
