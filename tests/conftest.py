@@ -6,3 +6,21 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_bench(tmp_path_factory):
+  """A small mini-bench (672 images, 7 classes, 4 semantics) with standard and cat manifests."""
+  from data_prep import minibench, split
+  from iab_jax.data import manifests, records
+
+  root = str(tmp_path_factory.mktemp("tiny_bench"))
+  minibench.build(root, patches_per_semantic=24, verbose=False)
+  ds = records.Dataset(root)
+  for made in (split.standard_split(ds), split.semantic_split(ds, "cat")):
+    manifests.save_manifest(made, manifests.default_manifest_path(
+        root, made["protocol"], semantic=made["options"].get("semantic")))
+  return root

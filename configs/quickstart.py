@@ -1,0 +1,22 @@
+"""The quickstart: the small CNN on the built-in mini-bench, built on first use.
+
+  python -m iab_jax.main --config configs/quickstart.py:standard --workdir workdir/quickstart/standard
+  python -m iab_jax.main --config configs/quickstart.py:semantic1 --workdir workdir/quickstart/cat
+  python -m iab_jax.report --runs workdir/quickstart --out workdir/quickstart/report
+
+(`make quickstart` runs these three.) The mini-bench's images are 64x64, so they are used as they
+are; each run tests its best checkpoint at all seven degradation levels.
+"""
+
+from configs import common
+
+
+def get_config(arg: str = "standard"):
+  config = common.task_config(arg, method="small_cnn", standard_epochs=12, semantic_epochs=12,
+                              learning_rate=3e-3, transform="normalize('half')",
+                              eval_transform="normalize('half')", data_dir="workdir/minibench")
+  config.input.prepare = "minibench"
+  config.optimizer.schedule = "cosine"
+  config.model = {"name": "small_cnn", "dtype": "float32"}
+  config.log_every_steps = 20
+  return config

@@ -1,0 +1,67 @@
+"""Supervised attribution with a network and a linear head over the classes (ResNet-50 & co.).
+
+The paper's baseline recipe (appendix D): the network's classifier replaced by a linear layer
+over the dataset's classes, softmax cross-entropy, Adam, validation accuracy picks the epoch.
+`config.model.name` picks the network from iab_jax.models; its other keys go to the model's
+constructor, except `pretrained`, a weights file the model module's `load_pretrained` reads.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from iab_jax import models
+from iab_jax.methods import base
+
+_NOT_MODEL_KWARGS = ("name", "pretrained")
+
+
+class Classifier(base.Method):
+
+  def __init__(self, config, classes):
+    super().__init__(config, classes)
+    self.module = models.get(config.model.name)
+    kwargs = {k: v for k, v in config.model.items() if k not in _NOT_MODEL_KWARGS}
+    if "dtype" in kwargs:
+      kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+    try:
+      self.model = self.module.Model(num_classes=self.num_classes, **kwargs)
+    except TypeError as e:
+      raise ValueError(f"config.model: {e}") from None
+
+  def phases(self):
+    return [base.Phase("train", self.config.num_epochs, self.config.optimizer)]
+
+  def init(self, rng, images):
+    variables = dict(self.model.init({"params": rng}, images, train=False))
+    path = self.config.model.get("pretrained")
+    if path:
+      if not hasattr(self.module, "load_pretrained"):
+        raise ValueError(f"config.model.pretrained: model {self.config.model.name!r} has no "
+                         "pretrained weights loader")
+      variables = self.module.load_pretrained(variables, path)
+    return variables
+
+  def _logits(self, variables, images, train: bool, rng=None):
+    state = [k for k in variables if k != "params"]
+    if train:
+      (logits, _), state = self.model.apply(variables, images, train=True, mutable=state,
+                                            rngs={"dropout": rng})
+      return logits, dict(state)
+    logits, _ = self.model.apply(variables, images, train=False)
+    return logits, {}
+
+  def loss(self, variables, batch, rng, phase):
+    del phase
+    logits, state = self._logits(variables, batch["image"], True, rng)
+    smoothing = self.config.get("label_smoothing", 0.0)
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes), smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return loss, (state, {"accuracy": accuracy})
+
+  def predict(self, variables, images):
+    logits, _ = self._logits(variables, images, False)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)

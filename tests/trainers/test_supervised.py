@@ -1,0 +1,191 @@
+"""The supervised loop end to end on a tiny mini-bench: learning, devices, resume, best checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import quickstart
+from iab_jax import main as main_lib
+from iab_jax.trainers import supervised
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHANCE = 1 / 7
+
+
+def _config(data_dir, task="standard", **overrides):
+  config = quickstart.get_config(task)
+  config.input.data_dir = data_dir
+  config.input.prepare = ""
+  config.num_epochs = 3
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 5
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _flags(config_overrides: dict) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in config_overrides.items()]
+
+
+def _cli(data_dir, workdir, *extra, env_extra=None, task="standard"):
+  """The command line of a run equal to `_config(data_dir)`."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  env.update(env_extra or {})
+  args = [sys.executable, "-m", "iab_jax.main", f"--config=configs/quickstart.py:{task}",
+          f"--workdir={workdir}", f"--config.input.data_dir={data_dir}", "--config.input.prepare=",
+          "--config.num_epochs=3", "--config.log_every_steps=1",
+          "--config.checkpoint_every_steps=5", *extra]
+  return args, env
+
+
+def _losses(workdir) -> dict[int, float]:
+  """train/loss by step from metrics.jsonl; a step logged twice (before and after a resume)
+  keeps its last value."""
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if "train/loss" in row:
+        out[row["step"]] = row["train/loss"]
+  return out
+
+
+def _vals(workdir) -> dict[int, float]:
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if "val/accuracy" in row:
+        out[row["step"]] = row["val/accuracy"]
+  return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_bench, tmp_path_factory):
+  """One uninterrupted run on one device, in this process."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  results = main_lib.run(_config(tiny_bench), workdir)
+  return workdir, results
+
+
+def test_learns_and_writes_results(reference_run):
+  workdir, results = reference_run
+  with open(os.path.join(workdir, supervised.RESULTS_JSON)) as f:
+    saved = json.load(f)
+  assert saved["format"] == "iab_jax.results" and saved["task"] == "standard"
+  assert saved["method"] == "small_cnn" and saved["method_display"] == "Small CNN"
+  assert len(saved["classes"]) == 7 and saved["classes"][0] == "real"
+  assert saved["manifest"]["name"] == "standard" and len(saved["manifest"]["digest"]) == 64
+  test = saved["evals"]["test"]
+  assert sorted(test["levels"], key=int) == [str(k) for k in range(7)]
+  clean = test["levels"]["0"]
+  assert clean["num_examples"] == test["num_examples"]
+  assert np.sum(clean["confusion"]) == clean["num_examples"]
+  assert clean["accuracy"] > 3 * CHANCE, clean["accuracy"]
+  degraded = [test["levels"][str(k)]["accuracy"] for k in range(1, 7)]
+  assert test["mean_degraded_accuracy"] == pytest.approx(np.mean(degraded))
+  assert set(clean["per_semantic_accuracy"]) == {"cat", "FFHQ", "COCO", "ImageNet-1k"}
+  # The tested checkpoint is the best epoch by validation accuracy, not the last.
+  vals = _vals(workdir)
+  assert len(vals) == 3
+  assert saved["checkpoint"]["val_accuracy"] == max(vals.values())
+  assert saved["checkpoint"]["step"] == max(vals, key=lambda s: (vals[s], -s))
+  losses = _losses(workdir)
+  assert sorted(losses) == list(range(1, max(losses) + 1))  # logged every step
+  assert np.mean(list(losses.values())[-5:]) < np.mean(list(losses.values())[:5])
+  for name in ("config.json", "metrics.jsonl"):
+    assert os.path.exists(os.path.join(workdir, name))
+  assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir))
+
+
+def test_eight_devices_follow_the_one_device_loss_curve(reference_run, tiny_bench, tmp_path):
+  """Data parallelism over 8 devices computes the same global-batch step (batch norm included)."""
+  workdir = str(tmp_path / "eight")
+  args, env = _cli(tiny_bench, workdir,
+                   env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, supervised.RESULTS_JSON)) as f:
+    assert json.load(f)["devices"]["count"] == 8
+  one, eight = _losses(reference_run[0]), _losses(workdir)
+  assert sorted(one) == sorted(eight)
+  steps = sorted(one)
+  np.testing.assert_allclose([eight[s] for s in steps], [one[s] for s in steps], rtol=2e-3,
+                             atol=2e-4)
+
+
+def _wait_for_checkpoint(workdir, proc, min_step, timeout=300):
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError("the run ended before it could be killed")
+    if os.path.isdir(ckpt_dir):
+      steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()]
+      if steps and max(steps) >= min_step:
+        return max(steps)
+    time.sleep(0.02)
+  raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_then_resume_ends_with_identical_metrics(reference_run, tiny_bench, tmp_path):
+  workdir = str(tmp_path / "killed")
+  args, env = _cli(tiny_bench, workdir)
+  proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  try:
+    _wait_for_checkpoint(workdir, proc, min_step=10)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert not os.path.exists(os.path.join(workdir, supervised.RESULTS_JSON))
+  done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "resuming from step" in done.stderr
+  with open(os.path.join(workdir, supervised.RESULTS_JSON)) as f:
+    resumed = json.load(f)
+  reference = reference_run[1]
+  assert resumed["checkpoint"] == reference["checkpoint"]
+  assert resumed["evals"] == reference["evals"]  # exactly: every metric, every level
+  assert _losses(workdir) == _losses(reference_run[0])
+
+
+def test_rerun_of_a_finished_run_trains_no_further(reference_run, tiny_bench, tmp_path):
+  import shutil
+
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(reference_run[0], workdir)
+  results = main_lib.run(_config(tiny_bench), workdir)
+  assert results["checkpoint"] == reference_run[1]["checkpoint"]
+  assert results["evals"] == reference_run[1]["evals"]
+
+
+def test_semantic_task_tests_on_the_other_classes(tiny_bench, tmp_path):
+  config = _config(tiny_bench, "semantic1", num_epochs=1, checkpoint_every_steps=0)
+  config.evals.test.levels = [0, 3]
+  results = main_lib.run(config, str(tmp_path))
+  assert results["task"] == "semantic:cat" and results["train_semantic"] == "cat"
+  test = results["evals"]["test"]
+  assert set(test["levels"]) == {"0", "3"} and test["mean_degraded_accuracy"] is None
+  assert set(test["levels"]["0"]["per_semantic_accuracy"]) == {"FFHQ", "COCO", "ImageNet-1k"}
+
+
+def test_bfloat16_compute(tiny_bench, tmp_path):
+  config = _config(tiny_bench, num_epochs=1, checkpoint_every_steps=0)
+  config.model.dtype = "bfloat16"
+  config.evals.test.levels = [0]
+  results = main_lib.run(config, str(tmp_path))
+  assert np.isfinite(list(_losses(str(tmp_path)).values())).all()
+  assert results["evals"]["test"]["levels"]["0"]["accuracy"] > CHANCE / 2
