@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA ?= workdir/minibench
+QUICKSTART ?= workdir/quickstart
 
 .PHONY: setup test quickstart clean
 
@@ -15,17 +15,21 @@ $(VENV)/.installed: setup.py
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+# The reference PyTorch models (torchvision) the parity tests and benchmarks compare against.
+$(VENV)/.reference: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,reference]'
+	touch $@
+
 # The whole test suite, on both cores.
-test: setup
+test: $(VENV)/.reference
 	$(BIN)/python -m pytest -q -n 2 tests
 
-# Builds the built-in mini-bench, its split manifests and its training cache, and reads a batch.
+# Builds the built-in mini-bench on first use, trains the small CNN on the standard task and on
+# the cat semantic task, tests each at the 7 degradation levels, and prints the paper's Table 3.
 quickstart: setup
-	$(BIN)/python -m data_prep.minibench --out $(DATA)
-	$(BIN)/python -m data_prep.split --data $(DATA) --protocol standard
-	$(BIN)/python -m data_prep.split --data $(DATA) --protocol semantic --semantic cat
-	$(BIN)/python -m data_prep.build_cache --data $(DATA) --spec "resize(64)|central_crop(64)"
-	$(BIN)/python -m data_prep.inspect --data $(DATA) --manifest standard --split train
+	$(BIN)/python -m iab_jax.main --config configs/quickstart.py:standard --workdir $(QUICKSTART)/standard
+	$(BIN)/python -m iab_jax.main --config configs/quickstart.py:semantic1 --workdir $(QUICKSTART)/semantic_cat
+	$(BIN)/python -m iab_jax.report --runs $(QUICKSTART)/standard $(QUICKSTART)/semantic_cat --out $(QUICKSTART)/report
 
 clean:
 	rm -rf $(VENV) workdir

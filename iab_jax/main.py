@@ -78,6 +78,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
+  try:
+    config.keys()  # config_flags defers a config file's load failure to the first access
+  except OSError as e:
+    print(f"error: --config: {str(e).strip().splitlines()[-1].strip()}", file=sys.stderr)
+    sys.exit(2)
   if _DISTRIBUTED.value or config.get("distributed", False):
     import jax
 
@@ -90,7 +95,6 @@ def main(argv):
         ("config.", "manifest", "task")):
       raise  # not a user error: keep the traceback
     # A user error, not a bug: one line, no traceback.
-    logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   from iab_jax import report
@@ -101,5 +105,35 @@ def main(argv):
     print(report.to_markdown(report.table3([results])))
 
 
+def _one_line(error: BaseException, argv) -> str:
+  """A flag or config error as one line that names the offending key."""
+  text = str(error).strip()
+  unknown = None
+  if isinstance(error, (AttributeError, KeyError)):  # ml_collections names only the last part
+    leaf = text.strip("\"'")
+    paths = [a[2:].split("=")[0] for a in argv if a.startswith("--config.")]
+    unknown = next((p[len("config."):] for p in paths if p.split(".")[-1] == leaf), leaf)
+  elif text.startswith("Unknown command line flag 'config."):
+    unknown = text.split("'")[1][len("config."):]
+  if unknown is not None:
+    return f"--config.{unknown}: the config has no field {unknown!r}"
+  for literal, expected in (("invalid literal for int()", "an integer"),
+                            ("could not convert string to float", "a number")):
+    if literal in text:
+      return f"{text.split(': ')[0].removeprefix('flag ')}: expected {expected}"
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if "Traceback" in text:  # get_config raised: keep the flag and the exception's own message
+    return f"{lines[0]} {lines[-1]}"
+  return " ".join(lines)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    print(f"error: {_one_line(e, argv)}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -25,7 +25,8 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
   return int(round(epochs * steps_per_epoch))
 
 
-def learning_rate_schedule(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int):
+def learning_rate_schedule(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int,
+                           key: str = "optimizer"):
   lr = float(cfg["learning_rate"])
   kind = cfg.get("schedule", "constant")
   warmup = epochs_to_steps(cfg.get("warmup_epochs", 0), steps_per_epoch)
@@ -38,7 +39,7 @@ def learning_rate_schedule(cfg: Mapping[str, Any], steps_per_epoch: int, total_s
     every = epochs_to_steps(cfg["decay_every_epochs"], steps_per_epoch)
     schedule = optax.exponential_decay(lr, every, cfg.get("decay_factor", 0.1), staircase=True)
   else:
-    raise ValueError(f"optimizer.schedule={kind!r}; expected 'constant', 'cosine' or 'step'")
+    raise ValueError(f"config.{key}.schedule={kind!r}; expected 'constant', 'cosine' or 'step'")
   if warmup:
     schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
   return schedule
@@ -53,7 +54,7 @@ def make(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int,
     raise ValueError(f"config.{key}: unknown keys {sorted(unknown)}; known: {sorted(_KNOWN_KEYS)}")
   if "learning_rate" not in cfg:
     raise ValueError(f"config.{key}.learning_rate is required")
-  lr = learning_rate_schedule(cfg, steps_per_epoch, total_steps)
+  lr = learning_rate_schedule(cfg, steps_per_epoch, total_steps, key)
   name = cfg.get("name", "adam")
   betas = dict(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8))
   if name == "adam":

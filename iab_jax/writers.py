@@ -18,11 +18,16 @@ import numpy as np
 from absl import logging
 
 
-def _hide_gpus_from_tensorflow() -> None:
-  # clu.metric_writers imports TensorFlow; left alone, TF would grab GPU memory JAX needs.
+def hide_gpus_from_tensorflow() -> None:
+  """Call before importing clu.metric_writers, which imports TensorFlow: left alone, TF would
+  take GPU memory that JAX needs, and print start-up chatter into the run's log."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   import tensorflow as tf
 
-  tf.config.set_visible_devices([], "GPU")
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:
+    pass  # TensorFlow was initialised earlier in this process: its device choice stands
 
 
 class JsonlWriter:
@@ -80,7 +85,7 @@ def _plain(value):
 
 def create(workdir: str):
   """The run's writer: TensorBoard + log + metrics.jsonl on process 0, log elsewhere."""
-  _hide_gpus_from_tensorflow()
+  hide_gpus_from_tensorflow()
   from clu import metric_writers
 
   if jax.process_index() > 0:

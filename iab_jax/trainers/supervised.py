@@ -61,6 +61,34 @@ def _make_evaluator(name: str, cfg: dict[str, Any], *, method, data, mesh, confi
     raise ValueError(f"config.evals.{name}: {e}") from None
 
 
+def make_train_step(method, tx: optax.GradientTransformation, phase, mesh):
+  """The jitted step `(state, batch, key_data) -> (state, measurements)` of one phase.
+
+  The state is donated (updated in place on the device), replicated over the mesh; the batch is
+  sharded along its first axis. The step's randomness is the run's key folded with the step
+  number, so it does not depend on how the run was interrupted.
+  """
+  repl = sharding.replicated(mesh)
+
+  def train_step(state, batch, key_data):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(key_data), state["step"])
+
+    def loss_fn(params):
+      return method.loss({"params": params, **state["model_state"]}, batch, rng, phase)
+
+    (loss, (model_state, measured)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"params": optax.apply_updates(state["params"], updates),
+                 "model_state": {**state["model_state"], **model_state},
+                 "opt_state": opt_state, "step": state["step"] + 1}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **measured}
+
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(repl, sharding.batch_sharded(mesh), repl),
+                 out_shardings=(repl, repl))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.method` on `config.task`, tests its best checkpoint; returns the results."""
   start_time = time.time()
@@ -97,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   params, model_state = _split_variables(sharding.replicate(variables, mesh))
   # Passed to the step as raw key data: a host value every process holds, replicated.
   train_key = sharding.replicate(jax.random.key_data(train_rng), mesh)
-  repl, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  repl = sharding.replicated(mesh)
 
   # ---------------------------------------------------------------- evaluators
   val_evaluator = _make_evaluator("val", dict(split="val", levels=[0]), method=method, data=data,
@@ -132,22 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       continue
     tx, state = make_state(phase_index, params, model_state, step)
 
-    def train_step(state, batch, key_data, tx=tx, phase=phase):
-      rng = jax.random.fold_in(jax.random.wrap_key_data(key_data), state["step"])
-
-      def loss_fn(params):
-        return method.loss({"params": params, **state["model_state"]}, batch, rng, phase)
-
-      (loss, (model_state, measured)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state["params"])
-      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-      new_state = {"params": optax.apply_updates(state["params"], updates),
-                   "model_state": {**state["model_state"], **model_state},
-                   "opt_state": opt_state, "step": state["step"] + 1}
-      return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **measured}
-
-    step_fn = jax.jit(train_step, donate_argnums=0, in_shardings=(repl, batch_sharding, repl),
-                      out_shardings=(repl, repl))
+    step_fn = make_train_step(method, tx, phase, mesh)
     train_iter = iter(pipeline.make_dataset(
         data.dataset, train_positions, data.labels, train_transform, batch_size=batch_size,
         train=True, seed=config.seed + 1000 * phase_index, num_epochs=phase.num_epochs,

@@ -189,3 +189,35 @@ def test_bfloat16_compute(tiny_bench, tmp_path):
   results = main_lib.run(config, str(tmp_path))
   assert np.isfinite(list(_losses(str(tmp_path)).values())).all()
   assert results["evals"]["test"]["levels"]["0"]["accuracy"] > CHANCE / 2
+
+
+def test_two_processes_follow_the_one_device_loss_curve(reference_run, tiny_bench, tmp_path):
+  """The same command on two hosts (jax.distributed on 127.0.0.1): each reads half of every
+  global batch, and together they take the one-device run's steps."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  workdir = str(tmp_path / "two")
+  procs = []
+  for i in range(2):
+    args, env = _cli(tiny_bench, workdir, "--distributed",
+                     f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                     f"--process_id={i}")
+    procs.append(subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  with open(os.path.join(workdir, supervised.RESULTS_JSON)) as f:
+    results = json.load(f)
+  assert results["devices"] == {"count": 2, "processes": 2, "platform": "cpu"}
+  one, two = _losses(reference_run[0]), _losses(workdir)
+  steps = sorted(one)
+  assert sorted(two) == steps
+  np.testing.assert_allclose([two[s] for s in steps], [one[s] for s in steps], rtol=2e-3,
+                             atol=2e-4)
+  ref = reference_run[1]["evals"]["test"]["levels"]
+  for level, m in results["evals"]["test"]["levels"].items():
+    assert abs(m["accuracy"] - ref[level]["accuracy"]) <= 0.02

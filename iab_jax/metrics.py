@@ -1,0 +1,236 @@
+"""Classification metrics of the benchmark's evaluation, in NumPy.
+
+An attribution eval ends with an (N, C) array of class probabilities on the host; these functions
+turn it into the numbers a results JSON keeps for each degradation level: accuracy, the confusion
+matrix, macro one-vs-rest ROC AUC, macro average precision and accuracy per class and per semantic
+class. ROC AUC and AP are written here rather than taken from scikit-learn so that the package
+does not need it at run time; tests/test_metrics.py holds them equal to scikit-learn's.
+
+Everything is vectorised over examples (one sort per class serves both AUC and AP), so 100k x 32
+scores take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from iab_jax.data import generators
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+  """Softmax over `axis`, shifted by the max so large logits do not overflow."""
+  logits = np.asarray(logits)
+  if not np.issubdtype(logits.dtype, np.floating):
+    logits = logits.astype(np.float64)
+  shifted = logits - np.max(logits, axis=axis, keepdims=True)
+  e = np.exp(shifted)
+  return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+  """Fraction of predictions equal to the labels."""
+  pred, labels = np.asarray(pred), np.asarray(labels)
+  if pred.shape != labels.shape:
+    raise ValueError(f"pred has shape {pred.shape} but labels {labels.shape}")
+  if pred.size == 0:
+    raise ValueError("accuracy of zero examples is undefined")
+  return float(np.mean(pred == labels))
+
+
+def confusion_matrix(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+  """(C, C) int64 counts, rows the true class and columns the predicted one, as scikit-learn."""
+  labels = _check_labels(labels, num_classes, "labels")
+  pred = _check_labels(pred, num_classes, "pred")
+  if pred.shape != labels.shape:
+    raise ValueError(f"pred has shape {pred.shape} but labels {labels.shape}")
+  flat = np.bincount(labels * num_classes + pred, minlength=num_classes * num_classes)
+  return flat.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def _auc_and_ap(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+  """ROC AUC and average precision of one score column against a boolean target, one sort.
+
+  AUC is the Mann-Whitney statistic: the chance that a random positive scores above a random
+  negative, a tie counting one half, which average ranks give exactly. AP is scikit-learn's
+  sum_n (R_n - R_{n-1}) P_n over the distinct score values taken as thresholds, highest first:
+  examples that tie on a score enter together, so the order among them does not matter.
+  Either is NaN where undefined: AUC without positives or without negatives, AP without positives.
+  """
+  positive = np.asarray(positive, dtype=bool)
+  n = positive.size
+  n_pos = int(positive.sum())
+  n_neg = n - n_pos
+  if n_pos == 0:
+    return float("nan"), float("nan")
+  # Ties are handled per run of equal scores below, so the sort need not be stable.
+  order = np.argsort(scores)
+  s, pos = scores[order], positive[order]
+  # Runs of equal scores in ascending order: [starts[i], ends[i]).
+  starts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
+  ends = np.append(starts[1:], n)
+  pos_in_run = np.add.reduceat(pos.astype(np.int64), starts)
+
+  auc = float("nan")
+  if n_neg:
+    mean_rank = (starts + ends + 1) / 2.0  # a tie shares the mean of the 1-based ranks it spans
+    u = np.dot(pos_in_run, mean_rank) - n_pos * (n_pos + 1) / 2.0
+    auc = float(u / (n_pos * n_neg))
+
+  # Thresholds from the highest score down: a threshold predicts its run and every run above it.
+  tp = np.cumsum(pos_in_run[::-1])
+  predicted = n - starts[::-1]
+  recall = tp / n_pos
+  ap = float(np.sum(np.diff(recall, prepend=0.0) * (tp / predicted)))
+  return auc, ap
+
+
+def _check_binary(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  scores, positive = np.asarray(scores), np.asarray(positive)
+  if scores.ndim != 1 or scores.shape != positive.shape:
+    raise ValueError(f"scores {scores.shape} and positive {positive.shape} must be equal 1-d shapes")
+  if scores.size == 0:
+    raise ValueError("scores is empty: metrics of zero examples are undefined")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("scores contain NaN or infinity")
+  return scores, positive
+
+
+def binary_roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+  """ROC AUC of one score against a boolean target; NaN without both positives and negatives."""
+  return _auc_and_ap(*_check_binary(scores, positive))[0]
+
+
+def binary_average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+  """Average precision as scikit-learn defines it; NaN without positives."""
+  return _auc_and_ap(*_check_binary(scores, positive))[1]
+
+
+def per_class_auc_ap(scores: np.ndarray, labels: np.ndarray,
+                     num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """One-vs-rest ROC AUC and AP of each class, (C,) each, NaN where undefined for the class."""
+  scores, labels = _check_scores(scores, labels, num_classes)
+  pairs = [_auc_and_ap(scores[:, c], labels == c) for c in range(num_classes)]
+  return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+
+def _nanmean_or_nan(values: np.ndarray) -> float:
+  defined = values[~np.isnan(values)]
+  return float(defined.mean()) if defined.size else float("nan")
+
+
+def macro_auc_ovr(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+  """Macro one-vs-rest ROC AUC over the classes that have both positives and negatives.
+
+  A class absent from the labels (or the only one present) has no ROC curve. scikit-learn raises
+  there, but a small split or a subset of a test split may well miss a generator, and the other
+  classes' numbers are still meaningful, so such classes are left out of the mean. NaN when no
+  class is left.
+  """
+  return _nanmean_or_nan(per_class_auc_ap(scores, labels, num_classes)[0])
+
+
+def macro_average_precision(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+  """Macro average precision over the classes with at least one positive; NaN when none has."""
+  return _nanmean_or_nan(per_class_auc_ap(scores, labels, num_classes)[1])
+
+
+def grouped_accuracy(correct: np.ndarray,
+                     groups: np.ndarray) -> tuple[dict[Any, float], dict[Any, int]]:
+  """Accuracy and example count per group, keys in sorted order of the group values."""
+  correct, groups = np.asarray(correct), np.asarray(groups)
+  if correct.ndim != 1 or correct.shape != groups.shape:
+    raise ValueError(f"correct {correct.shape} and groups {groups.shape} must be equal 1-d shapes")
+  names, inverse = np.unique(groups, return_inverse=True)
+  counts = np.bincount(inverse, minlength=len(names))
+  hits = np.bincount(inverse, weights=correct.astype(np.float64), minlength=len(names))
+  # .item() turns NumPy scalars into Python ones, so the dicts go straight to JSON.
+  keys = [n.item() for n in names]
+  return ({k: float(h / n) for k, h, n in zip(keys, hits, counts)},
+          {k: int(n) for k, n in zip(keys, counts)})
+
+
+def _none_if_nan(x: float) -> float | None:
+  return None if np.isnan(x) else float(x)
+
+
+def classification_metrics(scores: np.ndarray, labels: np.ndarray, *, classes: Sequence[str],
+                           semantics: np.ndarray | Sequence[str] | None = None) -> dict[str, Any]:
+  """The metrics of one eval (one degradation level) as a JSON-serialisable dict.
+
+  Args:
+    scores: (N, C) class probabilities. AUC and AP rank examples by each column, so pass
+      probabilities, not logits, for numbers comparable with other methods.
+    labels: (N,) integer labels in [0, C).
+    classes: the C class names, in label order.
+    semantics: optional (N,) semantic class name of each example ('cat', 'FFHQ', ...).
+
+  Returns:
+    num_examples, accuracy, auc_macro and ap_macro (None where undefined), confusion (rows true,
+    columns predicted), per_class_accuracy (None for a class without examples), and
+    per_semantic_accuracy / per_semantic_count when `semantics` is given (empty dicts otherwise),
+    semantic classes in the registry's order.
+  """
+  num_classes = len(classes)
+  scores, labels = _check_scores(scores, labels, num_classes)
+  # np.argmax takes the first maximum, so a tie goes to the lower label.
+  pred = np.argmax(scores, axis=1)
+  confusion = confusion_matrix(labels, pred, num_classes)
+  auc, ap = per_class_auc_ap(scores, labels, num_classes)
+  support = confusion.sum(axis=1)
+  per_class = {
+      name: (float(confusion[c, c] / support[c]) if support[c] else None)
+      for c, name in enumerate(classes)
+  }
+  per_semantic, per_semantic_count = {}, {}
+  if semantics is not None:
+    semantics = np.asarray(semantics).astype(str)
+    if semantics.shape != labels.shape:
+      raise ValueError(f"semantics has shape {semantics.shape}, expected {labels.shape}")
+    acc, count = grouped_accuracy(pred == labels, semantics)
+    rank = {name: i for i, name in enumerate(generators.SEMANTIC_ORDER)}
+    for name in sorted(acc, key=lambda n: (rank.get(n, len(rank)), n)):
+      per_semantic[name] = acc[name]
+      per_semantic_count[name] = count[name]
+  return {
+      "num_examples": int(labels.size),
+      "accuracy": float(np.trace(confusion) / labels.size),
+      "auc_macro": _none_if_nan(_nanmean_or_nan(auc)),
+      "ap_macro": _none_if_nan(_nanmean_or_nan(ap)),
+      "confusion": confusion.tolist(),
+      "per_class_accuracy": per_class,
+      "per_semantic_accuracy": per_semantic,
+      "per_semantic_count": per_semantic_count,
+  }
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"{what} must be 1-d, got shape {labels.shape}")
+  if labels.size == 0:
+    raise ValueError(f"{what} is empty: metrics of zero examples are undefined")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"{what} must be integers, got dtype {labels.dtype}")
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+  lo, hi = int(labels.min()), int(labels.max())
+  if lo < 0 or hi >= num_classes:
+    raise ValueError(f"{what} must lie in [0, {num_classes}), found values in [{lo}, {hi}]")
+  return labels.astype(np.int64)
+
+
+def _check_scores(scores: np.ndarray, labels: np.ndarray,
+                  num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  scores = np.asarray(scores)
+  labels = _check_labels(labels, num_classes, "labels")
+  if scores.ndim != 2 or scores.shape != (labels.size, num_classes):
+    raise ValueError(f"scores must have shape (num_examples, num_classes) = "
+                     f"({labels.size}, {num_classes}), got {scores.shape}")
+  if not np.issubdtype(scores.dtype, np.number) or np.issubdtype(scores.dtype, np.complexfloating):
+    raise ValueError(f"scores must be real numbers, got dtype {scores.dtype}")
+  # A NaN would silently sort to one end and become argmax; a diverged model should be noticed.
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("scores contain NaN or infinity")
+  return scores, labels
