@@ -221,3 +221,58 @@ def test_two_processes_follow_the_one_device_loss_curve(reference_run, tiny_benc
   ref = reference_run[1]["evals"]["test"]["levels"]
   for level, m in results["evals"]["test"]["levels"].items():
     assert abs(m["accuracy"] - ref[level]["accuracy"]) <= 0.02
+
+
+def test_resnet_method_starts_from_pretrained_weights(tiny_bench, tmp_path):
+  """configs/resnet50.py's path through the loop: a (small) torchvision-layout safetensors file
+  initialises the network, and the head over the dataset's 7 classes starts fresh."""
+  from safetensors.numpy import save_file
+
+  from configs import resnet50
+  from tests.models.test_resnet import torchvision_state
+
+  state = torchvision_state(stage_sizes=(1, 1, 1, 1), width=8, num_classes=1000)
+  weights = str(tmp_path / "tiny_resnet.safetensors")
+  save_file(state, weights)
+  config = resnet50.get_config(f"standard,runlocal,data={tiny_bench}")
+  config.input.transform = config.input.eval_transform = "resize(32)|normalize('imagenet')"
+  config.model.stage_sizes = (1, 1, 1, 1)
+  config.model.width = 8
+  config.model.pretrained = weights
+  config.evals.test.levels = [0]
+  results = main_lib.run(config, str(tmp_path / "run"))
+  assert results["method_display"] == "ResNet-50" and results["checkpoint"]["epoch"] == 1
+  assert results["evals"]["test"]["levels"]["0"]["num_examples"] > 0
+
+  config.model.pretrained = str(tmp_path / "absent.safetensors")
+  with pytest.raises(FileNotFoundError, match="absent.safetensors"):
+    main_lib.run(config, str(tmp_path / "run2"))
+
+
+def test_train_step_makes_no_implicit_transfers(tiny_bench):
+  """Inside the loop, batches go to devices only through explicit global-array assembly and
+  nothing comes back to the host until a logging step asks."""
+  import jax
+
+  from iab_jax import methods, optimizers, sharding, tasks
+
+  config = _config(tiny_bench)
+  data = tasks.load(config.input, tasks.parse_task("standard"))
+  method = methods.get("small_cnn")(config, data.classes)
+  mesh = sharding.make_mesh()
+  images = np.zeros((32, 64, 64, 3), np.float32)
+  variables = sharding.replicate(method.init(jax.random.key(0), images[:1]), mesh)
+  params = variables.pop("params")
+  phase = method.phases()[0]
+  tx = optimizers.make(phase.optimizer, 10, 10)
+  state = {"params": params, "model_state": variables,
+           "opt_state": jax.jit(tx.init, out_shardings=sharding.replicated(mesh))(params),
+           "step": sharding.replicate(np.int32(0), mesh)}
+  key = sharding.replicate(jax.random.key_data(jax.random.key(1)), mesh)
+  step_fn = supervised.make_train_step(method, tx, phase, mesh)
+  labels = np.arange(32, dtype=np.int32) % 7
+  with jax.transfer_guard("disallow"):
+    for _ in range(3):
+      batch = sharding.global_batch({"image": images, "label": labels}, mesh)
+      state, measured = step_fn(state, batch, key)
+  assert int(sharding.to_host(state["step"])) == 3
