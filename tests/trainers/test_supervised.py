@@ -50,26 +50,20 @@ def _cli(data_dir, workdir, *extra, env_extra=None, task="standard"):
   return args, env
 
 
-def _losses(workdir) -> dict[int, float]:
-  """train/loss by step from metrics.jsonl; a step logged twice (before and after a resume)
+def _by_step(workdir, key: str) -> dict[int, float]:
+  """A scalar by step from metrics.jsonl; a step logged twice (before and after a resume)
   keeps its last value."""
   out = {}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       row = json.loads(line)
-      if "train/loss" in row:
-        out[row["step"]] = row["train/loss"]
+      if key in row:
+        out[row["step"]] = row[key]
   return out
 
 
-def _vals(workdir) -> dict[int, float]:
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      if "val/accuracy" in row:
-        out[row["step"]] = row["val/accuracy"]
-  return out
+def _losses(workdir) -> dict[int, float]:
+  return _by_step(workdir, "train/loss")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +92,7 @@ def test_learns_and_writes_results(reference_run):
   assert test["mean_degraded_accuracy"] == pytest.approx(np.mean(degraded))
   assert set(clean["per_semantic_accuracy"]) == {"cat", "FFHQ", "COCO", "ImageNet-1k"}
   # The tested checkpoint is the best epoch by validation accuracy, not the last.
-  vals = _vals(workdir)
+  vals = _by_step(workdir, "val/accuracy")
   assert len(vals) == 3
   assert saved["checkpoint"]["val_accuracy"] == max(vals.values())
   assert saved["checkpoint"]["step"] == max(vals, key=lambda s: (vals[s], -s))
