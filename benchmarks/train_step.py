@@ -93,7 +93,10 @@ def pytorch(images: np.ndarray, labels: np.ndarray, num_classes: int, dtype: str
     if device.type == "cuda":
       torch.cuda.synchronize()
 
-  name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+  if device.type == "cuda":
+    name = torch.cuda.get_device_name()
+  else:
+    name = f"cpu ({torch.get_num_threads()} threads)"
   return step, f"torch {torch.__version__}, {name}"
 
 

@@ -49,8 +49,8 @@ def validate(config) -> None:
     value = config.input.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       raise ConfigError(f"config.input.{key}={value!r}; expected a positive integer")
-  if "num_epochs" in config and (not isinstance(config.num_epochs, int) or config.num_epochs < 0):
-    raise ConfigError(f"config.num_epochs={config.num_epochs!r}; expected an integer >= 0")
+  if "num_epochs" in config and (not isinstance(config.num_epochs, int) or config.num_epochs < 1):
+    raise ConfigError(f"config.num_epochs={config.num_epochs!r}; expected an integer >= 1")
   for name, cfg in config.evals.items():
     levels = cfg.get("levels", [0])
     if any(not isinstance(k, int) or not 0 <= k <= 6 for k in levels):

@@ -40,8 +40,8 @@ def parse_task(text: str) -> Task:
   if text.startswith("semantic") and text[len("semantic"):].isdigit():
     k = int(text[len("semantic"):])
     if k not in generators.SEMANTIC_TASKS:
-      raise ValueError(f"task {text!r}: the paper's semantic sub-tasks are "
-                       + ", ".join(f"semantic{i} ({n})" for i, n in generators.SEMANTIC_TASKS.items()))
+      known = ", ".join(f"semantic{i} ({n})" for i, n in generators.SEMANTIC_TASKS.items())
+      raise ValueError(f"task {text!r}: the paper's semantic sub-tasks are {known}")
     name = generators.SEMANTIC_TASKS[k]
     return Task(f"semantic:{name}", "semantic", name)
   raise ValueError(f"unknown task {text!r}; expected standard, semantic1, semantic2, semantic3 "

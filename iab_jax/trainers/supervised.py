@@ -48,6 +48,12 @@ def _variables(state: dict[str, Any]) -> dict[str, Any]:
   return {"params": state["params"], **state["model_state"]}
 
 
+def _mean_measurements(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
+  """The mean of each measurement over the steps since the last log (one host transfer)."""
+  values = sharding.to_host(pending)
+  return {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
+
+
 def _make_evaluator(name: str, cfg: dict[str, Any], *, method, data, mesh, config, transform):
   cfg = dict(cfg)
   kind = cfg.pop("type", "classification")
@@ -155,55 +161,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = latest or 0
   train_seconds = 0.0
   state = None
-  for phase_index, phase in enumerate(phases):
-    if phase_index < position["phase"]:
-      continue
-    tx, state = make_state(phase_index, params, model_state, step)
+  try:
+    for phase_index, phase in enumerate(phases):
+      if phase_index < position["phase"]:
+        continue
+      tx, state = make_state(phase_index, params, model_state, step)
 
-    step_fn = make_train_step(method, tx, phase, mesh)
-    train_iter = iter(pipeline.make_dataset(
-        data.dataset, train_positions, data.labels, train_transform, batch_size=batch_size,
-        train=True, seed=config.seed + 1000 * phase_index, num_epochs=phase.num_epochs,
-        cache=config.input.cache or None, worker_count=config.input.worker_count))
-    first_epoch, skip_steps = 0, 0
-    if phase_index == position["phase"] and latest is not None:
-      state = ckpt.restore(latest, state, train_iter)
-      first_epoch, skip_steps = position["epoch"], position["step_in_epoch"]
+      step_fn = make_train_step(method, tx, phase, mesh)
+      train_iter = iter(pipeline.make_dataset(
+          data.dataset, train_positions, data.labels, train_transform, batch_size=batch_size,
+          train=True, seed=config.seed + 1000 * phase_index, num_epochs=phase.num_epochs,
+          cache=config.input.cache or None, worker_count=config.input.worker_count))
+      first_epoch, skip_steps = 0, 0
+      if phase_index == position["phase"] and latest is not None:
+        state = ckpt.restore(latest, state, train_iter)
+        first_epoch, skip_steps = position["epoch"], position["step_in_epoch"]
 
-    pending: list[dict[str, jax.Array]] = []
-    for epoch in range(first_epoch, phase.num_epochs):
-      epoch_start = time.perf_counter()
-      for step_in_epoch in range(skip_steps, steps_per_epoch):
-        local = next(train_iter)
-        batch = sharding.global_batch({"image": local["image"], "label": local["label"]}, mesh)
-        state, measured = step_fn(state, batch, train_key)
-        pending.append(measured)
-        step += 1
-        if step % log_every == 0 or step == total_steps:
-          scalars = {f"train/{k}": float(v)
-                     for k, v in jax.tree.map(lambda *xs: np.mean(xs), *sharding.to_host(pending)
-                                              ).items()}
-          pending = []
-          writers.check_finite(step, scalars)
-          scalars.update(progress.report(step))
-          scalars["train/epoch"] = epoch + (step_in_epoch + 1) / steps_per_epoch
-          writer.write_scalars(step, scalars)
-        if checkpoint_every and step % checkpoint_every == 0 and step_in_epoch + 1 < steps_per_epoch:
-          ckpt.save(step, state, train_iter, {"phase": phase_index, "epoch": epoch,
-                                              "step_in_epoch": step_in_epoch + 1})
-      skip_steps = 0
-      train_seconds += time.perf_counter() - epoch_start
+      pending: list[dict[str, jax.Array]] = []
+      for epoch in range(first_epoch, phase.num_epochs):
+        epoch_start = time.perf_counter()
+        for step_in_epoch in range(skip_steps, steps_per_epoch):
+          local = next(train_iter)
+          batch = sharding.global_batch({"image": local["image"], "label": local["label"]}, mesh)
+          state, measured = step_fn(state, batch, train_key)
+          pending.append(measured)
+          step += 1
+          if step % log_every == 0 or step == total_steps:
+            scalars, pending = _mean_measurements(pending), []
+            writers.check_finite(step, scalars)
+            scalars.update(progress.report(step))
+            scalars["train/epoch"] = epoch + (step_in_epoch + 1) / steps_per_epoch
+            writer.write_scalars(step, scalars)
+          mid_epoch = step_in_epoch + 1 < steps_per_epoch
+          if checkpoint_every and step % checkpoint_every == 0 and mid_epoch:
+            ckpt.save(step, state, train_iter, {"phase": phase_index, "epoch": epoch,
+                                                "step_in_epoch": step_in_epoch + 1})
+        skip_steps = 0
+        train_seconds += time.perf_counter() - epoch_start
 
-      val = val_evaluator.run(_variables(state))["levels"]["0"]["accuracy"]
-      logging.info("phase %s epoch %d/%d (step %d): val accuracy %.4f", phase.name, epoch + 1,
-                   phase.num_epochs, step, val)
-      writer.write_scalars(step, {"val/accuracy": val, "train/epoch": float(epoch + 1)})
-      ckpt.save(step, state, train_iter,
-                {"phase": phase_index, "epoch": epoch + 1, "step_in_epoch": 0,
-                 "val_accuracy": val},
-                metrics={checkpointing.BEST_METRIC: val} if phase.select_best else None)
-      writer.flush()
-    params, model_state = state["params"], state["model_state"]
+        val = val_evaluator.run(_variables(state))["levels"]["0"]["accuracy"]
+        logging.info("phase %s epoch %d/%d (step %d): val accuracy %.4f", phase.name, epoch + 1,
+                     phase.num_epochs, step, val)
+        writer.write_scalars(step, {"val/accuracy": val, "train/epoch": float(epoch + 1)})
+        ckpt.save(step, state, train_iter,
+                  {"phase": phase_index, "epoch": epoch + 1, "step_in_epoch": 0,
+                   "val_accuracy": val},
+                  metrics={checkpointing.BEST_METRIC: val} if phase.select_best else None)
+        writer.flush()
+      params, model_state = state["params"], state["model_state"]
+  except BaseException:
+    ckpt.close()  # a Python-level failure (NaN, Ctrl-C) still completes the save in flight
+    raise
   ckpt.wait()
 
   # ---------------------------------------------------------------- test the best checkpoint

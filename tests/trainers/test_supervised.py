@@ -270,3 +270,52 @@ def test_train_step_makes_no_implicit_transfers(tiny_bench):
       batch = sharding.global_batch({"image": images, "label": labels}, mesh)
       state, measured = step_fn(state, batch, key)
   assert int(sharding.to_host(state["step"])) == 3
+
+
+class TwoPhase(__import__("iab_jax.methods.classifier", fromlist=["Classifier"]).Classifier):
+  """A two-phase recipe (as DNA-Det's): a warm-up phase that does not compete for the best
+  checkpoint, then the attribution phase with its own optimizer."""
+
+  def phases(self):
+    from iab_jax.methods import base
+
+    return [base.Phase("warmup", 1, {"name": "sgd", "learning_rate": 0.01}, select_best=False),
+            base.Phase("main", 2, {"name": "adam", "learning_rate": 3e-3})]
+
+
+def test_multi_phase_recipe_and_resume_at_the_phase_boundary(tiny_bench, tmp_path, monkeypatch):
+  from iab_jax import methods
+
+  monkeypatch.setitem(methods._REGISTRY, "two_phase",
+                      ("Two Phase", "tests.trainers.test_supervised:TwoPhase"))
+  config = _config(tiny_bench, checkpoint_every_steps=0)
+  config.method = "two_phase"
+  config.evals.test.levels = [0]
+  reference = main_lib.run(config, str(tmp_path / "reference"))
+  assert reference["checkpoint"]["phase"] == 1  # the warm-up's epoch is never the one tested
+  vals = _by_step(str(tmp_path / "reference"), "val/accuracy")
+  assert len(vals) == 3
+  assert reference["checkpoint"]["val_accuracy"] == max(list(vals.values())[1:])
+
+  # Crash right after the warm-up phase's last checkpoint, then run the same config again.
+  real_make = supervised.make_train_step
+
+  class Crash(Exception):
+    pass
+
+  def crash_in_main(method, tx, phase, mesh):
+    if phase.name == "main":
+      raise Crash
+    return real_make(method, tx, phase, mesh)
+
+  workdir = str(tmp_path / "crashed")
+  monkeypatch.setattr(supervised, "make_train_step", crash_in_main)
+  with pytest.raises(Crash):
+    main_lib.run(config, workdir)
+  monkeypatch.setattr(supervised, "make_train_step", real_make)
+  resumed = main_lib.run(config, workdir)
+  # It resumed: the warm-up epoch was validated once, not again after the crash.
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    assert sum("val/accuracy" in line for line in f) == 3
+  assert resumed["checkpoint"] == reference["checkpoint"]
+  assert resumed["evals"] == reference["evals"]
