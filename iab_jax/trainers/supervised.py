@@ -67,6 +67,43 @@ def _make_evaluator(name: str, cfg: dict[str, Any], *, method, data, mesh, confi
     raise ValueError(f"config.evals.{name}: {e}") from None
 
 
+# Settings a resumed run may change: they do not alter what is trained or how.
+RESUME_MAY_CHANGE = ("evals", "log_every_steps", "checkpoint_every_steps", "distributed",
+                     "input.worker_count", "input.cache", "input.eval_batch_size",
+                     "input.prepare")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir whose checkpoints were trained under another config.
+
+  Restoring them would fail deep inside Orbax (another model) or, worse, silently continue a
+  different recipe (another learning rate); the error names each differing key instead.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  with open(path) as f:
+    old = _flat(json.load(f))
+  new = _flat(json.loads(config.to_json_best_effort()))
+  differ = sorted(k for k in set(old) | set(new)
+                  if old.get(k) != new.get(k)
+                  and not any(k == p or k.startswith(p + ".") for p in RESUME_MAY_CHANGE))
+  if differ:
+    details = "; ".join(f"config.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:5])
+    raise ValueError(f"config.* differs from the run in {workdir!r}, which this command would "
+                     f"resume: {details}. Use a new --workdir, or the run's own config.")
+
+
 def make_train_step(method, tx: optax.GradientTransformation, phase, mesh):
   """The jitted step `(state, batch, key_data) -> (state, measurements)` of one phase.
 
@@ -100,6 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_time = time.time()
   os.makedirs(workdir, exist_ok=True)
   task = tasks.parse_task(config.task)
+  check_resumable(config, workdir)
 
   # ---------------------------------------------------------------- data, mesh, method
   data = tasks.load(config.input, task)

@@ -319,3 +319,18 @@ def test_multi_phase_recipe_and_resume_at_the_phase_boundary(tiny_bench, tmp_pat
     assert sum("val/accuracy" in line for line in f) == 3
   assert resumed["checkpoint"] == reference["checkpoint"]
   assert resumed["evals"] == reference["evals"]
+
+
+def test_resuming_under_another_config_is_refused(reference_run, tiny_bench, tmp_path):
+  import shutil
+
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(reference_run[0], workdir)
+  config = _config(tiny_bench)
+  config.optimizer.learning_rate = 0.1
+  with pytest.raises(ValueError, match=r"config.optimizer.learning_rate: 0.003 -> 0.1"):
+    main_lib.run(config, workdir)
+  config = _config(tiny_bench)
+  config.evals.test.levels = [0]  # evaluation settings may change
+  results = main_lib.run(config, workdir)
+  assert list(results["evals"]["test"]["levels"]) == ["0"]
