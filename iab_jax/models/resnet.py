@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iab_jax.models import _loading
+
 # torch's kaiming_normal_(mode="fan_out", nonlinearity="relu"): an untruncated normal of variance
 # 2 / (out_channels * kh * kw). Flax's fan_out of an HWIO kernel is the same product.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -205,14 +207,6 @@ def _torchvision_keys(stage_sizes: Sequence[int]) -> dict[str, tuple[str, tuple[
   return keys
 
 
-def _format_keys(keys: Sequence[str], limit: int = 20) -> str:
-  keys = sorted(keys)
-  if not keys:
-    return "(none)"
-  more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
-  return ", ".join(keys[:limit]) + more
-
-
 def from_torchvision(state: dict[str, np.ndarray], *,
                      num_classes: int | None = None,
                      stage_sizes: Sequence[int] = (3, 4, 6, 3)) -> dict[str, Any]:
@@ -229,9 +223,9 @@ def from_torchvision(state: dict[str, np.ndarray], *,
   if missing or unexpected:
     lines = [f"state dict is not a torchvision ResNet with stage sizes {tuple(stage_sizes)}:"]
     if missing:
-      lines.append(f"  missing keys ({len(missing)}): {_format_keys(missing)}")
+      lines.append(f"  missing keys ({len(missing)}): {_loading.format_keys(missing)}")
     if unexpected:
-      lines.append(f"  unexpected keys ({len(unexpected)}): {_format_keys(unexpected)}")
+      lines.append(f"  unexpected keys ({len(unexpected)}): {_loading.format_keys(unexpected)}")
     raise ValueError("\n".join(lines))
 
   flat = {}
@@ -275,55 +269,17 @@ def load_pretrained(variables: dict[str, Any], path: str | os.PathLike, *,
   which are kept as initialised when their shape differs, e.g. an attribution head over the
   benchmark's classes instead of ImageNet's 1000. Any other shape mismatch is an error.
   """
-  # Imported here so that building a model does not need safetensors.
-  from safetensors.numpy import load_file
-
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f"pretrained weights not found: {path!r}. It must be a torchvision-layout ResNet-50 "
-        "safetensors file, e.g. model.safetensors of timm/resnet50.tv_in1k (or resnet50.a1_in1k) "
-        "on Hugging Face, or one converted from torchvision's .pth with "
-        "`python -m iab_jax.weights --convert` (in a later release).")
-  state = load_file(path)
+  state = _loading.read_safetensors(path, (
+      "a torchvision-layout ResNet-50 safetensors file, e.g. model.safetensors of timm/resnet50.tv_in1k "
+      "(or resnet50.a1_in1k) on Hugging Face, or one converted from torchvision's .pth with "
+      "`python -m data_prep.convert_weights`"))
   stage_sizes = _stage_sizes_of(variables["params"])
-  converted = traverse_util.flatten_dict(from_torchvision(state, stage_sizes=stage_sizes))
-  target = traverse_util.flatten_dict({k: variables[k] for k in ("params", "batch_stats")})
-
-  def is_head(key: tuple[str, ...]) -> bool:
-    return key[:2] == ("params", head)
-
+  converted = from_torchvision(state, stage_sizes=stage_sizes)
   # The file's head is torch's fc; a model that names its head otherwise receives it there.
-  converted = {(("params", head) + k[2:] if k[:2] == ("params", "fc") else k): v
-               for k, v in converted.items()}
-  not_in_model = converted.keys() - target.keys()
-  not_in_file = target.keys() - converted.keys()
-  if not_in_model or not_in_file:
-    raise ValueError(
-        f"{path}: the file and the model disagree: only in the file "
-        f"{_format_keys(['/'.join(k) for k in not_in_model])}; only in the model "
-        f"{_format_keys(['/'.join(k) for k in not_in_file])}")
-
-  mismatched = [k for k in converted
-                if tuple(converted[k].shape) != tuple(target[k].shape) and not is_head(k)]
-  if mismatched:
-    k = mismatched[0]
-    torch_key = {(c,) + p: t for t, (c, p, _) in _torchvision_keys(stage_sizes).items()}[k]
-    raise ValueError(
-        f"{path}: shape mismatch for {torch_key} -> {'/'.join(k)}: file "
-        f"{tuple(converted[k].shape)} (in Flax layout), model {tuple(target[k].shape)}"
-        + (f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""))
-  head_fits = all(tuple(converted[k].shape) == tuple(target[k].shape)
-                  for k in converted if is_head(k))
-
-  out = dict(target)
-  for key, value in converted.items():
-    if is_head(key) and not head_fits:
-      continue
-    leaf = target[key]
-    value = value.astype(leaf.dtype)
-    sharding = getattr(leaf, "sharding", None)
-    out[key] = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
-  result = dict(variables)
-  result.update(traverse_util.unflatten_dict(out))
-  return result
+  if head != "fc":
+    converted["params"][head] = converted["params"].pop("fc")
+  torch_names = {(c,) + p: t for t, (c, p, _) in _torchvision_keys(stage_sizes).items()}
+  return _loading.merge(variables, converted, path=path, head=head,
+                        collections=("params", "batch_stats"),
+                        source_name=lambda k: torch_names.get(k, "/".join(k)))

@@ -157,6 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  writer.write_hparams({k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                        for k, v in _flat(json.loads(config.to_json_best_effort())).items()})
   logging.info("%s on %s: %d classes, %d train images, %d devices in %d processes, %d steps",
                method.display_name, task.name, method.num_classes, len(train_positions),
                jax.device_count(), jax.process_count(), total_steps)
