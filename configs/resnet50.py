@@ -4,8 +4,9 @@
   python -m iab_jax.main --config configs/resnet50.py:semantic1 --workdir runs/resnet50_cat
 
 20 epochs on the standard task (the paper's one change to the defaults), 15 on semantic tasks;
-Adam 1e-3, batch 32. The ImageNet weights are a torchvision-layout safetensors file
-(e.g. timm's `resnet50.tv_in1k`); `--config.model.pretrained=''` trains from scratch instead.
+Adam 1e-3, batch 32. The ImageNet weights are torchvision's, as timm's `resnet50.tv_in1k`
+safetensors file; `--config.model.pretrained=FILE` names another file, `--config.model.pretrained=`
+trains from scratch.
 """
 
 from configs import common
@@ -16,6 +17,8 @@ def get_config(arg: str = "standard"):
       arg, method="resnet50", standard_epochs=20, semantic_epochs=15,
       transform=common.EVAL_TRANSFORM + "|normalize('imagenet')",
       eval_transform=common.EVAL_TRANSFORM + "|normalize('imagenet')")
-  config.model = {"name": "resnet", "pretrained": "weights/resnet50_tv_in1k.safetensors",
+  # A registered name (python -m iab_jax.weights --list) is looked up in weights_dir, by default
+  # $IAB_WEIGHTS or ~/.cache/iab_jax/weights, and downloaded there when online; a path is used as is.
+  config.model = {"name": "resnet", "pretrained": "resnet50.tv_in1k", "weights_dir": "",
                   "dtype": "float32"}
   return config

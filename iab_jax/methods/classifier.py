@@ -15,7 +15,7 @@ import optax
 from iab_jax import models
 from iab_jax.methods import base
 
-_NOT_MODEL_KWARGS = ("name", "pretrained")
+_NOT_MODEL_KWARGS = ("name", "pretrained", "weights_dir")
 
 
 class Classifier(base.Method):
@@ -36,12 +36,15 @@ class Classifier(base.Method):
 
   def init(self, rng, images):
     variables = dict(self.model.init({"params": rng}, images, train=False))
-    path = self.config.model.get("pretrained")
-    if path:
+    pretrained = self.config.model.get("pretrained")
+    if pretrained:
+      from iab_jax import weights
+
       if not hasattr(self.module, "load_pretrained"):
         raise ValueError(f"config.model.pretrained: model {self.config.model.name!r} has no "
                          "pretrained weights loader")
-      variables = self.module.load_pretrained(variables, path)
+      path = weights.resolve(pretrained, self.config.model.get("weights_dir") or None)
+      variables = weights.load_into(variables, self.module, path)
     return variables
 
   def _logits(self, variables, images, train: bool, rng=None):

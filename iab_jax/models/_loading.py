@@ -70,8 +70,8 @@ def merge(variables: dict[str, Any], converted: dict[str, Any], *, path: str = "
   """`variables` with every converted array copied in.
 
   `variables` is the model's own tree (arrays, or jax.ShapeDtypeStructs from jax.eval_shape).
-  The params named `head` (a top-level module name) are kept as initialised when the file's head
-  has another shape, e.g. an attribution head over the benchmark's classes instead of ImageNet's
+  The params named `head` (a top-level module name) are kept as initialised when the file has no
+  head or one of another shape, e.g. an attribution head over the benchmark's classes instead of ImageNet's
   1000. Any other key or shape difference is an error naming it. Arrays go to their target's
   sharding when it has one. `source_name` maps a Flax key to the checkpoint's own key name,
   for errors.
@@ -80,14 +80,17 @@ def merge(variables: dict[str, Any], converted: dict[str, Any], *, path: str = "
   target = traverse_util.flatten_dict({k: variables[k] for k in collections})
   source = traverse_util.flatten_dict({k: converted[k] for k in collections})
   where = f"{path}: " if path else ""
-  only_source, only_target = source.keys() - target.keys(), target.keys() - source.keys()
+
+  def is_head(key):
+    return head is not None and key[:2] == ("params", head)
+
+  # A backbone file without the head (or with another one) leaves the model's head as initialised.
+  only_source = source.keys() - target.keys()
+  only_target = {k for k in target.keys() - source.keys() if not is_head(k)}
   if only_source or only_target:
     raise ValueError(f"{where}the file and the model disagree: only in the file "
                      f"{format_keys('/'.join(k) for k in only_source)}; only in the model "
                      f"{format_keys('/'.join(k) for k in only_target)}")
-
-  def is_head(key):
-    return head is not None and key[:2] == ("params", head)
 
   mismatched = [k for k in source
                 if tuple(source[k].shape) != tuple(target[k].shape) and not is_head(k)]

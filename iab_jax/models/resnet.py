@@ -125,7 +125,8 @@ class Model(nn.Module):
   """ResNet with bottleneck blocks; the defaults are torchvision's resnet50.
 
   Input: (N, H, W, 3) float32, already normalised; any H, W >= 1 (torch's arithmetic on odd sizes).
-  Returns (logits (N, num_classes) float32, aux) with aux["features"] the pooled float32 feature,
+  Returns (logits (N, num_classes) float32, aux) with aux["features"] the pooled float32 feature
+  (which is also the output when num_classes is 0: no fc),
   (N, 32 * width) = (N, 2048), and aux["stages"] the outputs of layer1..layer4 in the compute dtype.
   """
   num_classes: int
@@ -160,6 +161,8 @@ class Model(nn.Module):
       stages.append(x)
 
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if not self.num_classes:  # a backbone: the pooled feature is the output
+      return features, {"features": features, "stages": stages}
     # The head runs in float32 whatever the compute dtype: it is small, and its logits feed softmax.
     logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
                       kernel_init=_fc_kernel_init, bias_init=_fc_bias_init(features.shape[-1]),
@@ -271,15 +274,39 @@ def load_pretrained(variables: dict[str, Any], path: str | os.PathLike, *,
   """
   path = os.fspath(path)
   state = _loading.read_safetensors(path, (
-      "a torchvision-layout ResNet-50 safetensors file, e.g. model.safetensors of timm/resnet50.tv_in1k "
-      "(or resnet50.a1_in1k) on Hugging Face, or one converted from torchvision's .pth with "
+      "a torchvision-layout ResNet-50 safetensors file, e.g. model.safetensors of "
+      "timm/resnet50.tv_in1k (or resnet50.a1_in1k) on Hugging Face, or one converted from "
+      "torchvision's .pth with "
       "`python -m data_prep.convert_weights`"))
   stage_sizes = _stage_sizes_of(variables["params"])
   converted = from_torchvision(state, stage_sizes=stage_sizes)
-  # The file's head is torch's fc; a model that names its head otherwise receives it there.
-  if head != "fc":
+  # The file's head is torch's fc; a model that names its head otherwise receives it there, and a
+  # headless backbone drops it.
+  if head not in variables["params"]:
+    del converted["params"]["fc"]
+  elif head != "fc":
     converted["params"][head] = converted["params"].pop("fc")
   torch_names = {(c,) + p: t for t, (c, p, _) in _torchvision_keys(stage_sizes).items()}
   return _loading.merge(variables, converted, path=path, head=head,
                         collections=("params", "batch_stats"),
                         source_name=lambda k: torch_names.get(k, "/".join(k)))
+
+
+# Public checkpoints the benchmark's methods start from (ResNet-50, FSD, SSP, GFD's classifier).
+CHECKPOINTS = {
+    "resnet50.tv_in1k": dict(
+        source="timm/resnet50.tv_in1k", filename="model.safetensors",
+        layout="torchvision resnet50 (IMAGENET1K_V1), torchvision key names",
+        arch=dict(stage_sizes=(3, 4, 6, 3)),
+        preprocess="resize(256)|central_crop(224)|normalize('imagenet')",
+        notes="torchvision.models.resnet50(weights='IMAGENET1K_V1'), the weights the paper's "
+              "ResNet-50 baseline names; timm re-hosts them as safetensors"),
+    "resnet50.tv2_in1k": dict(
+        source="timm/resnet50.tv2_in1k", filename="model.safetensors",
+        layout="torchvision resnet50 (IMAGENET1K_V2), torchvision key names",
+        arch=dict(stage_sizes=(3, 4, 6, 3)),
+        preprocess="resize(232)|central_crop(224)|normalize('imagenet')",
+        notes="torchvision's newer training recipe (80.9% top-1)"),
+}
+
+HEAD = "fc"  # the classifier a method replaces (iab_jax.weights keeps it fresh)
