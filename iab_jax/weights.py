@@ -51,8 +51,21 @@ class Checkpoint:
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # module-specific entries
 
   @property
+  def on_hub(self) -> bool:
+    return not self.source.startswith(("http://", "https://"))
+
+  @property
   def url(self) -> str:
+    if not self.on_hub:
+      return self.source
     return f"https://huggingface.co/{self.source}/blob/main/{self.filename}"
+
+  @property
+  def local_filename(self) -> str:
+    """The file the cache holds: the published one, or its safetensors conversion."""
+    if self.filename.endswith(".safetensors"):
+      return self.filename
+    return os.path.splitext(os.path.basename(self.filename))[0] + ".safetensors"
 
 
 def registry() -> dict[str, Checkpoint]:
@@ -99,14 +112,21 @@ def _online() -> bool:
 
 
 def load(name: str, cache_dir: str | None = None, *, download: bool | None = None) -> str:
-  """The local path of checkpoint `name`, downloaded into the cache when absent and online."""
+  """The local path of checkpoint `name`, downloaded into the cache when absent and online.
+
+  Only safetensors files on the Hugging Face hub download by themselves; a pickled checkpoint
+  (.pth/.bin) must be converted by `python -m data_prep.convert_weights` first, and the error says
+  exactly how.
+  """
   ckpt = get(name)
   cache_dir = cache_dir or default_cache_dir()
-  path = os.path.join(cache_dir, name, ckpt.filename)
+  path = os.path.join(cache_dir, name, ckpt.local_filename)
   if os.path.isfile(path):
     return path
+  pickled = ckpt.local_filename != ckpt.filename
   if download is None:
-    download = _online()
+    download = _online() and ckpt.on_hub and not pickled
+  reason = ""
   if download:
     try:
       from huggingface_hub import hf_hub_download
@@ -115,12 +135,13 @@ def load(name: str, cache_dir: str | None = None, *, download: bool | None = Non
                              local_dir=os.path.join(cache_dir, name))
     except Exception as e:  # no network, no such repo: fall through to the offline message
       reason = f" (download failed: {type(e).__name__}: {str(e).splitlines()[0][:200]})"
-  else:
-    reason = ""
+  how = (f"Download {ckpt.filename} from {ckpt.url} ({ckpt.layout}), convert it with "
+         f"`python -m data_prep.convert_weights --src {ckpt.filename} --out {path}` (needs torch)"
+         if pickled else
+         f"Get {ckpt.filename} from {ckpt.url} ({ckpt.layout}) and put it there")
   raise FileNotFoundError(
-      f"pretrained weights {name!r} not found at {path}{reason}. Get {ckpt.filename} from "
-      f"{ckpt.url} ({ckpt.layout}) and put it there, or set $IAB_WEIGHTS to the directory that "
-      f"holds {name}/{ckpt.filename}.")
+      f"pretrained weights {name!r} not found at {path}{reason}. {how}, or set $IAB_WEIGHTS to "
+      f"the directory that holds {name}/{ckpt.local_filename}.")
 
 
 def resolve(value: str, cache_dir: str | None = None) -> str:
@@ -164,6 +185,9 @@ def convert(name: str, src: str, out_dir: str) -> str:
                      "(needs torch)")
   ckpt = get(name)
   module = importlib.import_module(f"iab_jax.models.{ckpt.module}")
+  if not hasattr(module, "Model"):
+    raise ValueError(f"{name} is not one network's weights file ({ckpt.layout}); load it with "
+                     f"iab_jax.models.{ckpt.module}.{ckpt.loader}")
   model = module.Model(num_classes=0, **ckpt.arch) if "num_classes" in getattr(
       module.Model, "__dataclass_fields__", {}) else module.Model(**ckpt.arch)
   height, width = _input_size(ckpt.preprocess)

@@ -111,3 +111,14 @@ def test_pth_to_safetensors_without_running_the_pickle(tmp_path):
   torch.save({"state_dict": {"w": w}, "extra": Payload()}, evil)
   with pytest.raises(ValueError, match="weights_only"):
     convert_weights.convert(evil, str(tmp_path / "evil.safetensors"))
+
+
+def test_pickled_checkpoints_say_how_to_convert(tmp_path):
+  pickled = [c for c in weights.registry().values() if not c.filename.endswith(".safetensors")]
+  assert pickled, "the registry lists .pth checkpoints (DnCNN, AlexNet)"
+  ckpt = pickled[0]
+  with pytest.raises(FileNotFoundError) as e:
+    weights.load(ckpt.name, str(tmp_path))
+  message = str(e.value)
+  assert "data_prep.convert_weights" in message and ckpt.url in message
+  assert message.count(ckpt.local_filename) >= 1 and ckpt.local_filename.endswith(".safetensors")

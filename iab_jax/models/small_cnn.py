@@ -34,5 +34,10 @@ class Model(nn.Module):
       stages.append(x)
     features = jnp.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2))], axis=-1)
     features = features.astype(jnp.float32)
+    if not self.num_classes:
+      return features, {"features": features, "stages": stages}
     logits = nn.Dense(self.num_classes, name="head")(features)
     return logits, {"features": features, "stages": stages}
+
+
+HEAD = "head"
