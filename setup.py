@@ -14,6 +14,7 @@ setup(
         "clu>=0.0.12",  # metric writers; they import TensorFlow and TensorBoard
         "flax>=0.10",
         "grain>=0.2.18",
+        "huggingface_hub",  # fetches public checkpoints when online (iab_jax.weights)
         "jax>=0.10",
         "matplotlib",  # confusion-matrix plots of the report
         "ml-collections",
@@ -32,6 +33,7 @@ setup(
         "test": ["pytest", "pytest-xdist", "scikit-learn"],
         # Reference PyTorch models for parity tests and benchmarks (a CUDA build of torch that
         # also runs on CPU; the pair that installs together on Python 3.11).
-        "reference": ["torch==2.14.1", "torchvision==0.29.1"],
+        "reference": ["torch==2.14.1", "torchvision==0.29.1", "timm", "open_clip_torch",
+                      "transformers", "lpips", "deepinv"],
     },
 )
