@@ -37,24 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from iab_jax.models import _loading
+from iab_jax.models import _loading, _torch_init
 from iab_jax.models.resnet import BatchNorm
 
 _EXPANSION = 4  # bottleneck output channels = 4 * the stage's width
 
 # torch's default init of nn.Conv2d and nn.Linear weights: kaiming_uniform_(a=sqrt(5)), i.e.
 # uniform(+-1/sqrt(fan_in)); Flax's fan_in of an HWIO kernel is the same kh * kw * in.
-_torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+_torch_default_kernel_init = _torch_init.kernel_init
 
 
-def _linear_bias_init(fan_in: int) -> Callable[..., jax.Array]:
-  """nn.Linear's bias init, which depends on the input width that a bias initialiser never sees."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+_linear_bias_init = _torch_init.bias_init
 
 
 def _conv(features: int, k: int, stride: int, pad: int, dtype: Any, name: str) -> nn.Conv:

@@ -44,22 +44,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from iab_jax.models import _loading
+from iab_jax.models import _loading, _torch_init
 
 _LN_EPS = 1e-5  # torch's default, which both transformers' config and open_clip use
 
 # torch's nn.Linear default init: kaiming_uniform_(a=sqrt(5)), i.e. uniform(+-1/sqrt(fan_in)).
-_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+_linear_kernel_init = _torch_init.kernel_init
 
 
-def _linear_bias_init(fan_in: int) -> Callable[..., jax.Array]:
-  """nn.Linear's bias init, which depends on the input width that a bias initialiser never sees."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+_linear_bias_init = _torch_init.bias_init
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:

@@ -19,7 +19,6 @@ rename plus a transpose:
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from typing import Any, Callable, Sequence
@@ -30,25 +29,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iab_jax.models import _loading
+from iab_jax.models import _loading, _torch_init
 
 # torch's kaiming_normal_(mode="fan_out", nonlinearity="relu"): an untruncated normal of variance
 # 2 / (out_channels * kh * kw). Flax's fan_out of an HWIO kernel is the same product.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # torch's nn.Linear default, kaiming_uniform_(a=sqrt(5)), is uniform(+-1/sqrt(fan_in)).
-_fc_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+_fc_kernel_init = _torch_init.kernel_init
 
 _EXPANSION = 4  # bottleneck output channels = 4 * the stage's width
 
 
-def _fc_bias_init(fan_in: int) -> Callable[..., jax.Array]:
-  """nn.Linear's bias init, which depends on the input width that a bias initialiser never sees."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+_fc_bias_init = _torch_init.bias_init
 
 
 class BatchNorm(nn.Module):

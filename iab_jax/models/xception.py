@@ -33,7 +33,6 @@ block 1, which does not.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from typing import Any, Callable
@@ -44,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iab_jax.models import _loading
+from iab_jax.models import _loading, _torch_init
 from iab_jax.models.resnet import BatchNorm
 
 # (in channels, out channels, separable convs, stride, starts with ReLU, widens first) of
@@ -63,17 +62,10 @@ NUM_FEATURES = 2048
 # included (torch's fan_out of a (C, 1, 3, 3) weight is 9C, as Flax's of a (3, 3, 1, C) kernel).
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # nn.Linear's default: uniform(+-1/sqrt(fan_in)) for the weight (kaiming_uniform_(a=sqrt(5))).
-_fc_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+_fc_kernel_init = _torch_init.kernel_init
 
 
-def _fc_bias_init(fan_in: int) -> Callable[..., jax.Array]:
-  """nn.Linear's bias init: uniform(+-1/sqrt(fan_in)), a width a bias initialiser never sees."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+_fc_bias_init = _torch_init.bias_init
 
 
 def _sep_widths(in_ch: int, out_ch: int, reps: int, grow_first: bool) -> list[int]:
