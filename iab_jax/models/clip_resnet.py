@@ -350,12 +350,8 @@ def load_pretrained(variables: dict[str, Any], path: str | os.PathLike, *,
   params = variables["params"]
   layers = _layers_of(list(params), r"layer(\d)_(\d+)$")
   converted = from_open_clip(state, layers=layers)
-  fresh_head = params.get(head)
-  body = {**variables, "params": {k: v for k, v in params.items() if k != head}}
-  result = _loading.merge(body, converted, path=os.fspath(path))
-  if fresh_head is not None:
-    result["params"] = {**result["params"], head: fresh_head}
-  return result
+  # No public CLIP file has a classifier: merge keeps the model's head as initialised.
+  return _loading.merge(variables, converted, path=os.fspath(path), head=head)
 
 
 HEAD = "head"  # the classifier a method replaces (iab_jax.weights keeps it fresh)

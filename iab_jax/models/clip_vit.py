@@ -441,12 +441,8 @@ def load_pretrained(variables: dict[str, Any], path: str | os.PathLike, *,
     raise ValueError(f"{os.fspath(path)}: neither a transformers nor an open_clip CLIP state "
                      f"dict (some keys: {_loading.format_keys(state, limit=5)}); it must be "
                      f"{expected}")
-  fresh_head = params.get(head)
-  body = {**variables, "params": {k: v for k, v in params.items() if k != head}}
-  result = _loading.merge(body, converted, path=os.fspath(path))
-  if fresh_head is not None:
-    result["params"] = {**result["params"], head: fresh_head}
-  return result
+  # No public CLIP file has a classifier: merge keeps the model's head as initialised.
+  return _loading.merge(variables, converted, path=os.fspath(path), head=head)
 
 
 HEAD = "head"  # the classifier a method replaces (iab_jax.weights keeps it fresh)
