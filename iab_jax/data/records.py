@@ -40,7 +40,7 @@ class ImageRecord:
   image: bytes  # original file bytes
   key: str  # unique within a dataset, e.g. "SDXL/cat/x_p3_i0.png"
   generator: str
-  label: int
+  label: int  # in its data set's class list; -1 where written before that list was known
   levels: tuple[int, int, int, int]  # Table 6 family levels 0-3 (-1 where unknown)
   semantic: str
   source: str
@@ -165,6 +165,13 @@ def write_dataset_metadata(root: str, shards: Sequence[str], metadata: Sequence[
     offset += n
   if offset != len(metadata):
     raise ValueError(f"shards hold {offset} records but {len(metadata)} metadata rows were given")
+  # The label column follows `classes`, whatever a record's header says: records written before
+  # their data set's class list was known (the generation stage) carry label -1 there.
+  label_map = {name: i for i, name in enumerate(classes)}
+  unknown = sorted({m["generator"] for m in metadata} - set(label_map))
+  if unknown:
+    raise ValueError(f"records of generator(s) {unknown} are not in the class list {list(classes)}")
+  metadata = [{**m, "label": label_map[m["generator"]]} for m in metadata]
   columns = {f: [m[f] for m in metadata] for f in METADATA_FIELDS}
   columns["extra"] = [json.dumps(e, sort_keys=True) for e in columns["extra"]]
   columns["shard"] = [i for i, s in enumerate(shard_info) for _ in range(s["num_records"])]

@@ -49,6 +49,18 @@ def test_dataset_order_index_and_verify(tmp_path):
   assert any("sha256 mismatch" in p for p in records.Dataset(str(tmp_path)).verify())
 
 
+def test_labels_follow_the_class_list_not_the_headers(tmp_path):
+  import dataclasses
+
+  recs = [dataclasses.replace(_record(i), label=-1, generator=g, key=f"{g}/{i}")
+          for i, g in enumerate(["b", "a", "b"])]
+  info = records.write_dataset(str(tmp_path / "ok"), iter(recs), ["a", "b"])
+  assert info["label_map"] == {"a": 0, "b": 1}
+  assert list(records.Dataset(str(tmp_path / "ok")).column("label")) == [1, 0, 1]
+  with pytest.raises(ValueError, match=r"generator\(s\) \['b'\] are not in the class list"):
+    records.write_dataset(str(tmp_path / "bad"), iter(recs), ["a"])
+
+
 def test_writer_is_atomic(tmp_path):
   path = str(tmp_path / "records" / "x.array_record")
   with pytest.raises(RuntimeError):
