@@ -176,8 +176,10 @@ def write_dataset_metadata(root: str, shards: Sequence[str], metadata: Sequence[
   columns["extra"] = [json.dumps(e, sort_keys=True) for e in columns["extra"]]
   columns["shard"] = [i for i, s in enumerate(shard_info) for _ in range(s["num_records"])]
   table = pa.table(columns)
-  pq.write_table(table, os.path.join(root, INDEX_PARQUET + ".tmp"))
-  os.replace(os.path.join(root, INDEX_PARQUET + ".tmp"), os.path.join(root, INDEX_PARQUET))
+  # Per-process temporary names: processes finishing together may each write the (same) files.
+  tmp = os.path.join(root, f"{INDEX_PARQUET}.tmp{os.getpid()}")
+  pq.write_table(table, tmp)
+  os.replace(tmp, os.path.join(root, INDEX_PARQUET))
 
   counts: dict[str, dict[str, int]] = {}
   for m in metadata:
@@ -188,13 +190,13 @@ def write_dataset_metadata(root: str, shards: Sequence[str], metadata: Sequence[
       "schema_version": SCHEMA_VERSION,
       "num_records": len(metadata),
       "classes": list(classes),
-      "label_map": {name: i for i, name in enumerate(classes)},
+      "label_map": label_map,
       "counts": counts,
       "shards": shard_info,
       "fingerprint": index_sha,  # sha256 over the records' sha256 in dataset order
       **info,
   }
-  tmp = os.path.join(root, DATASET_JSON + ".tmp")
+  tmp = os.path.join(root, f"{DATASET_JSON}.tmp{os.getpid()}")
   with open(tmp, "w") as f:
     json.dump(info_json, f, indent=1, sort_keys=True)
   os.replace(tmp, os.path.join(root, DATASET_JSON))

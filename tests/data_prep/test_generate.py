@@ -262,3 +262,22 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
   assert "--shard_index must be in [0, 2)" in capsys.readouterr().err
   assert generate.main(["--model", "SD1_5", "--out", str(tmp_path), "--dry_run"]) == 0
   assert "20000 images" in capsys.readouterr().out  # 10 classes x 1000 captions x 2
+
+
+def test_torchrun_processes_take_their_shards_from_the_environment(tmp_path, tiny):
+  import subprocess
+  import sys
+
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "data_prep.generate", "--model", "SD1_5", "--model_path", tiny["SD1_5"],
+         "--out", str(out), "--device", "cpu", "--semantics", "cat", "--per_class", "2",
+         "--chunk_size", "1", *FAST]
+  env = {**os.environ, "OMP_NUM_THREADS": "1"}
+  done = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "process 0/2 has 1 chunks" in done.stdout and "process 1/2 has 1 chunks" in done.stdout
+  ds = records.Dataset(str(out))
+  assert sorted(ds.column("key")) == [f"SD1_5/cat/SD1_5_cat_p{p}_i{k}.png"
+                                      for p in (0, 1) for k in (0, 1)]
