@@ -15,9 +15,10 @@ $(VENV)/.installed: setup.py
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# The reference PyTorch models (torchvision) the parity tests and benchmarks compare against.
-$(VENV)/.reference: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[test,reference]'
+# The reference PyTorch models (torchvision) the parity tests and benchmarks compare against, and
+# the diffusers/transformers stack of the benchmark-construction stage.
+$(VENV)/.reference: $(VENV)/.installed setup.py
+	$(BIN)/python -m pip install -q -e '.[test,reference,generate]'
 	touch $@
 
 # The whole test suite, on both cores.

@@ -8,6 +8,7 @@ setup(
     description="ImageAttributionBench in JAX/Flax: data spine, attributors, protocols, reports.",
     python_requires=">=3.11",
     packages=find_packages(include=["iab_jax", "iab_jax.*", "data_prep", "data_prep.*", "configs"]),
+    package_data={"data_prep": ["captions/*.csv", "captions/LICENSE", "captions/README.md"]},
     install_requires=[
         "absl-py",
         "array-record>=0.8",
@@ -15,6 +16,9 @@ setup(
         "flax>=0.10",
         "grain>=0.2.18",
         "huggingface_hub",  # fetches public checkpoints when online (iab_jax.weights)
+        # tensorflow-datasets 4.9.10 imports it to build any dataset, but declares it only for
+        # Python < 3.9 (etils 1.15 no longer brings it).
+        "importlib_resources",
         "jax>=0.10",
         "matplotlib",  # confusion-matrix plots of the report
         "ml-collections",
@@ -26,7 +30,8 @@ setup(
         "safetensors",  # pretrained weights, read with numpy
         "scikit-image>=0.24",  # the mini-bench's photographs ship inside it
         "tensorboard",
-        "tensorflow-cpu",  # only for clu's TensorBoard writer; never touches the accelerator
+        "tensorflow-cpu",  # clu's TensorBoard writer and tfds.load; never touches the accelerator
+        "tensorflow-datasets>=4.9",  # the TFDS builder over our shards (iab_jax.data.tfds_builder)
         "tqdm",
     ],
     extras_require={
@@ -35,5 +40,11 @@ setup(
         # also runs on CPU; the pair that installs together on Python 3.11).
         "reference": ["torch==2.14.1", "torchvision==0.29.1", "timm", "open_clip_torch",
                       "transformers", "lpips", "deepinv"],
+        # Building the benchmark (data_prep.caption, data_prep.generate): diffusers pipelines and
+        # vision-language captioners. 0.42 is the first diffusers with every registered pipeline.
+        # lmdb: LSUN's official exports (data_prep.sample_real). beautifulsoup4 + ftfy: PixArt's
+        # default caption cleaning, which diffusers skips silently without them.
+        "generate": ["torch>=2.4", "diffusers>=0.42", "transformers>=4.57", "accelerate",
+                     "sentencepiece", "protobuf", "lmdb", "beautifulsoup4", "ftfy"],
     },
 )

@@ -4,12 +4,13 @@
       [--num_workers N --worker_index I] [--merge] [--jobs J]
 
 The source is enumerated (data_prep.sources) into a fixed, ordered list of candidates, cut into
-chunks of --chunk_size. Each chunk becomes one shard plus a small JSON file saying what went in and
-what was skipped; the JSON is written after the shard is complete, so a chunk with a JSON is done
-and a rerun after a kill (SIGKILL included) redoes only the chunks without one. Chunk c belongs to
-worker c % N, so N machines can ingest one download side by side; `--merge` (run once after them,
-or implied with a single worker) checks that every chunk is there and writes dataset.json,
-index.parquet and the ingest report.
+chunks of --chunk_size (data_prep.sample_real hands in a list of its own through run_worker).
+Each chunk becomes one shard plus a small JSON file saying what went in and what was skipped; the
+JSON is written after the shard is complete, so a chunk with a JSON is done and a rerun after a
+kill (SIGKILL included) redoes only the chunks without one. Chunk c belongs to worker c % N, so N
+machines can ingest one download side by side; `--merge` (run once after them, or implied with a
+single worker) checks that every chunk is there and writes dataset.json, index.parquet and the
+ingest report.
 
 Ingest never dies on a bad file: every candidate is either written or reported with its path and
 reason, and files seen = records written + files skipped. Pixels are decoded once here, fully, to
@@ -125,7 +126,8 @@ def _check(task):
       image=data, key=candidate.key, generator=candidate.generator, label=label,
       levels=generators.family_levels(candidate.generator), semantic=candidate.semantic,
       source=candidate.source, sha256=records.sha256_bytes(data), caption_id=candidate.caption_id,
-      filename=candidate.filename, **fields)
+      caption=candidate.caption, filename=candidate.filename,
+      **{**fields, "extra": {**candidate.extra, **fields["extra"]}})
   return candidate, record, warnings
 
 
@@ -152,6 +154,30 @@ class ParquetBytes:
     if isinstance(value, dict):  # the datasets library's Image feature: {"bytes", "path"}
       value = value.get("bytes")
     return value or b""
+
+
+class LmdbBytes:
+  """Reads values of LMDB environments (LSUN's official exports), each opened once per chunk."""
+
+  def __init__(self):
+    self._envs = {}
+
+  def get(self, path: str, key: str) -> bytes:
+    import lmdb
+
+    if path not in self._envs:
+      # lock=False: the exports are read-only and may sit on a read-only file system.
+      self._envs[path] = lmdb.open(path, readonly=True, lock=False, readahead=False)
+    with self._envs[path].begin() as txn:
+      value = txn.get(key.encode())
+    if value is None:
+      raise KeyError(f"key {key} is not in the database")
+    return value
+
+  def close(self) -> None:
+    for env in self._envs.values():
+      env.close()
+    self._envs = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,9 +212,14 @@ def _atomic_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def make_plan(src: str, out: str, layout: str, chunk_size: int):
-  """Enumerates the source; the first run stores the plan, later runs must find the same one."""
-  enum = sources.enumerate_source(src, layout)
+def make_plan(src: str, out: str, layout: str, chunk_size: int,
+              enumeration: sources.Enumeration | None = None):
+  """Enumerates the source; the first run stores the plan, later runs must find the same one.
+
+  A caller with its own candidate list passes it as `enumeration`; `src` and `layout` then only
+  name where it came from (data_prep.sample_real: its selection file and "sample_real").
+  """
+  enum = enumeration if enumeration is not None else sources.enumerate_source(src, layout)
   keys = "\n".join(c.key for c in enum.candidates).encode()
   plan = {
       "src": os.path.abspath(src),
@@ -223,17 +254,19 @@ def make_plan(src: str, out: str, layout: str, chunk_size: int):
 
 def ingest_chunk(out: str, chunk: int, candidates, label_map, max_pixels: int, pool, progress):
   """Writes one chunk's shard and then its JSON; returns the chunk summary."""
-  parquet = ParquetBytes()
+  parquet, lmdb_store = ParquetBytes(), LmdbBytes()
   checks, failed = [], []
   for c in candidates:
     data = None
-    if c.row >= 0:
+    if c.row >= 0 or c.lmdb_key:
+      store = "parquet" if c.row >= 0 else "lmdb"
       try:
-        data = parquet.get(c.path, c.row)
-      except Exception as e:  # a damaged row group loses its rows, not the ingest
-        failed.append((c, f"parquet read failed ({type(e).__name__}: {e})"))
+        data = parquet.get(c.path, c.row) if c.row >= 0 else lmdb_store.get(c.path, c.lmdb_key)
+      except Exception as e:  # a damaged row group or database page loses its images only
+        failed.append((c, f"{store} read failed ({type(e).__name__}: {e})"))
         continue
     checks.append((c, data, max_pixels, label_map[c.generator]))
+  lmdb_store.close()
   summary = {"chunk": chunk, "num_candidates": len(candidates), "skipped": [], "warnings": []}
   writer = records.ShardWriter(chunk_shard(out, chunk))
   results = pool.map(_check, checks, chunksize=4) if pool else map(_check, checks)
@@ -256,16 +289,22 @@ def ingest_chunk(out: str, chunk: int, candidates, label_map, max_pixels: int, p
 
 
 def _where(candidate: sources.Candidate) -> str:
+  if candidate.lmdb_key:
+    return f"{candidate.path}#{candidate.lmdb_key}"
   return candidate.path if candidate.row < 0 else f"{candidate.path}#{candidate.row}"
 
 
 def run_worker(src: str, out: str, layout: str = "auto", num_workers: int = 1,
                worker_index: int = 0, chunk_size: int = 256, jobs: int = 0,
-               max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False):
-  """Ingests this worker's chunks that are not done yet. Returns (done, total) chunk counts."""
+               max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False,
+               enumeration: sources.Enumeration | None = None):
+  """Ingests this worker's chunks that are not done yet. Returns (done, total) chunk counts.
+
+  `enumeration` replaces the enumeration of `src` (see make_plan).
+  """
   if not 0 <= worker_index < num_workers:
     raise SystemExit(f"error: --worker_index must be in [0, {num_workers}); got {worker_index}")
-  plan, candidates = make_plan(src, out, layout, chunk_size)
+  plan, candidates = make_plan(src, out, layout, chunk_size, enumeration)
   label_map = {name: i for i, name in enumerate(plan["classes"])}
   mine = [c for c in range(plan["num_chunks"]) if c % num_workers == worker_index]
   todo = [c for c in mine if not os.path.exists(chunk_json(out, c))]
@@ -299,8 +338,11 @@ def _progress(total: int, quiet: bool):
               dynamic_ncols=True, file=sys.stderr)
 
 
-def merge(out: str, quiet: bool = False) -> dict:
-  """Checks that every chunk is done and writes dataset.json, index.parquet and the report."""
+def merge(out: str, quiet: bool = False, targets: dict[str, int] | None = None) -> dict:
+  """Checks that every chunk is done and writes dataset.json, index.parquet and the report.
+
+  `targets`, records wanted per semantic class, adds a wanted-against-written table to the report.
+  """
   paths = _paths(out)
   if not os.path.exists(paths["plan"]):
     raise SystemExit(f"error: {out} has no ingest plan; run the ingest workers first")
@@ -329,7 +371,7 @@ def merge(out: str, quiet: bool = False) -> dict:
   info = records.write_dataset_metadata(
       out, shards, metadata, plan["classes"], shard_sha256=hashes,
       source={"path": plan["src"], "layout": plan["layout"]})
-  report = build_report(plan, metadata, skipped, warnings, ignored)
+  report = build_report(plan, metadata, skipped, warnings, ignored, targets)
   _atomic_json(paths["report_json"], report)
   text = format_report(report)
   with open(paths["report_txt"], "w") as f:
@@ -382,10 +424,10 @@ def shortcut_warnings(audit: dict) -> list[str]:
   return notes
 
 
-def build_report(plan, metadata, skipped, warnings, ignored) -> dict:
+def build_report(plan, metadata, skipped, warnings, ignored, targets=None) -> dict:
   audit = format_audit(metadata)
   reasons = collections.Counter(s["reason"].split(" (")[0] for s in skipped)
-  return {
+  report = {
       "source": plan["src"],
       "layout": plan["layout"],
       "files_left_out_by_selection_rules": len(ignored),
@@ -400,6 +442,11 @@ def build_report(plan, metadata, skipped, warnings, ignored) -> dict:
       "shortcuts": shortcut_warnings(audit),
       "counts": _counts(metadata),
   }
+  if targets is not None:
+    written = collections.Counter(m["semantic"] for m in metadata)
+    report["targets"] = {name: {"target": n, "written": written.get(name, 0)}
+                         for name, n in targets.items()}
+  return report
 
 
 def _counts(metadata):
@@ -433,6 +480,12 @@ def format_report(report: dict) -> str:
     lines.append(f"  {name}: {a['count']}; {fmts}; JPEG {a['jpeg_fraction']:.0%}; "
                  f"{a['num_sizes']} sizes, top {sizes}; median {a['median_file_kb']:.0f} KiB")
   lines += [f"WARNING {s}" for s in report["shortcuts"]]
+  if "targets" in report:
+    lines.append("per class: target -> written")
+    for name, t in report["targets"].items():
+      short = t["target"] - t["written"]
+      lines.append(f"  {name}: {t['target']} -> {t['written']}"
+                   + (f" ({short} short)" if short else ""))
   return "\n".join(lines) + "\n"
 
 

@@ -43,6 +43,10 @@ class Candidate:
   row: int = -1  # row within a parquet file
   caption_id: str = ""
   crop_margin: tuple[int, int] | None = None  # (right, bottom) cut off on decode
+  # Set by callers that build their own candidate lists (data_prep.sample_real):
+  lmdb_key: str = ""  # when set, path is an LMDB environment and this the key of the image
+  caption: str = ""  # the record's caption text
+  extra: dict = dataclasses.field(default_factory=dict, hash=False)  # into the record's extra
 
 
 @dataclasses.dataclass
