@@ -511,14 +511,19 @@ def main(argv=None) -> int:
   if not args.merge:
     run_worker(args.src, args.out, args.layout, args.num_workers, args.worker_index,
                args.chunk_size, args.jobs, args.max_pixels, args.quiet)
+  finish(args, start, merge)
+  return 0
+
+
+def finish(args, start: float, merge_fn) -> None:
+  """The CLI's last step: merge when asked or when this was the only worker, else say what next."""
   if args.merge or args.num_workers == 1:
-    info = merge(args.out, args.quiet)
+    info = merge_fn(args.out, args.quiet)
     if not args.quiet:
       print(f"wrote {info['num_records']} records in {len(info['shards'])} shards to {args.out} "
             f"({time.time() - start:.1f} s)")
   elif not args.quiet:
     print(f"worker {args.worker_index} done; run with --merge once every worker has finished")
-  return 0
 
 
 if __name__ == "__main__":

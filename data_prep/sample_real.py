@@ -636,13 +636,7 @@ def main(argv=None) -> int:
     ingest.run_worker(selection_path(args.out), args.out, LAYOUT, args.num_workers,
                       args.worker_index, args.chunk_size, args.jobs, quiet=args.quiet,
                       enumeration=sources.Enumeration(candidates, []))
-  if args.merge or args.num_workers == 1:
-    info = merge(args.out, args.quiet)
-    if not args.quiet:
-      print(f"wrote {info['num_records']} records in {len(info['shards'])} shards to {args.out} "
-            f"({time.time() - start:.1f} s)")
-  elif not args.quiet:
-    print(f"worker {args.worker_index} done; run with --merge once every worker has finished")
+  ingest.finish(args, start, merge)
   return 0
 
 
