@@ -281,3 +281,15 @@ def test_torchrun_processes_take_their_shards_from_the_environment(tmp_path, tin
   ds = records.Dataset(str(out))
   assert sorted(ds.column("key")) == [f"SD1_5/cat/SD1_5_cat_p{p}_i{k}.png"
                                       for p in (0, 1) for k in (0, 1)]
+
+
+@pytest.mark.parametrize("name", ["SDXL", "FLUX"])
+def test_other_tiny_pipelines_run_the_same_path(tmp_path, name):
+  path = tiny_pipelines.build(name, str(tmp_path / "tiny"))
+  ds = run(tmp_path / "out", name, {name: path}, "--semantics", "church", "--per_class", "1",
+           "--images_per_caption", "1")
+  rec = ds[0]
+  assert rec.generator == name and rec.extra["pipeline"] == generation_models.MODELS[name].pipeline
+  # FLUX.1-schnell is guidance-distilled: the paper's negative prompt is not passed to it.
+  assert bool(rec.extra["negative_prompt"]) == (name == "SDXL")
+  assert np.asarray(records.decode(rec)).shape == (32, 32, 3)
