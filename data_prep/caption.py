@@ -59,12 +59,11 @@ import os
 import re
 import sys
 import time
-import zlib
 from typing import Any, Sequence
 
 import numpy as np
 
-from data_prep import captions
+from data_prep import captions, ingest, split
 from iab_jax.data import generators, records
 
 DEFAULT_MODEL_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -202,11 +201,6 @@ class Item:
   caption: str = ""  # COCO's own caption
 
 
-def class_rng(seed: int, semantic: str) -> np.random.Generator:
-  """A Generator that depends on (seed, class) only, not on which other classes run."""
-  return np.random.default_rng([seed, zlib.crc32(semantic.encode())])
-
-
 def real_classes(ds: records.Dataset) -> list[str]:
   """The semantic classes with real records, in the benchmark's class order."""
   present = set(ds.column("semantic")[ds.column("generator") == "real"])
@@ -222,7 +216,8 @@ def select(ds: records.Dataset, semantics: Sequence[str], per_class: int,
   for semantic in semantics:
     members = np.flatnonzero((generator == "real") & (semantic_col == semantic))
     members = members[np.argsort(keys[members], kind="stable")]
-    members = members[class_rng(seed, semantic).permutation(len(members))]
+    # (seed, class) only: a class's choice does not depend on which other classes run.
+    members = members[split.class_rng(seed, semantic).permutation(len(members))]
     extra = [json.loads(extras[i]) if semantic == LABELLED else {} for i in members]
     if semantic == LABELLED:
       order = spread_over_labels([e.get("wnid") or e.get("label") for e in extra])
@@ -322,11 +317,8 @@ def check_settings(out: str, settings: dict[str, Any], fields: Sequence[str]) ->
           f"{[settings.get(k) for k in differing]!s:.200}); use a new --out or delete it to start "
           "again")
     return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"  # shards may start together; each writes the same content
-  with open(tmp, "w") as f:
-    json.dump(settings, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  # Shards may start together; each writes the same content.
+  ingest.atomic_json(path, dict(sorted(settings.items())), indent=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -594,10 +586,7 @@ def merge(out: str, selection: dict[str, list[Item]], num_shards: int = 1) -> di
                       "reason": e.get("reason", LEFT_OUT_REASONS.get(e["status"], ""))}
                      for e in entries if e["status"] != "ok"],
     }
-  tmp = f"{report_path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, report_path)
+  ingest.atomic_json(report_path, report, indent=1)
   return {semantic: report[semantic] for semantic in selection}
 
 

@@ -48,7 +48,7 @@ import time
 from typing import Any, Sequence
 
 from data_prep import captions as captions_lib
-from data_prep import generation_models
+from data_prep import generation_models, ingest
 from iab_jax.data import generators, records
 
 GENERATE_DIR = "generate"
@@ -149,16 +149,6 @@ def png_path(out: str, item: Item, model: str) -> str:
   return os.path.join(out, PNG_DIR, model, folder, item.filename)
 
 
-def _atomic_json(path: str, obj: Any) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def make_plan(out: str, settings: Settings, caps: Sequence[captions_lib.Caption],
               chunk_size: int, captions_source: str) -> dict[str, Any]:
   """The run's plan; the first process stores it, later ones (and reruns) must agree with it."""
@@ -183,7 +173,7 @@ def make_plan(out: str, settings: Settings, caps: Sequence[captions_lib.Caption]
       raise SystemExit(f"error: {out} already holds a {settings.model} run with other settings "
                        f"({detail}). Rerun with the same settings to resume, or use a new --out.")
     return stored
-  _atomic_json(path, plan)
+  ingest.atomic_json(path, plan, indent=1)
   return plan
 
 
@@ -260,8 +250,9 @@ def call_kwargs(pipe, settings: Settings, batch: Sequence[Item]) -> dict[str, An
   return kwargs
 
 
-def render(pipe, settings: Settings, batch: Sequence[Item]) -> list[bytes]:
-  """PNG bytes of the batch's images, in order (PIL's lossless PNG, as the official code saves)."""
+def render(pipe, settings: Settings, batch: Sequence[Item]) -> list[tuple[bytes, tuple[int, int]]]:
+  """PNG bytes and size of the batch's images, in order (PIL's lossless PNG, as the official code
+  saves)."""
   images = pipe(**call_kwargs(pipe, settings, batch)).images
   if len(images) != len(batch):
     raise RuntimeError(f"pipeline returned {len(images)} images for {len(batch)} prompts")
@@ -269,7 +260,7 @@ def render(pipe, settings: Settings, batch: Sequence[Item]) -> list[bytes]:
   for image in images:
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="PNG")
-    out.append(buf.getvalue())
+    out.append((buf.getvalue(), image.size))
   return out
 
 
@@ -324,14 +315,17 @@ def run_chunk(out: str, chunk: int, items: Sequence[Item], settings: Settings, g
               batch_size: int, keep_png: bool, progress, provenance: dict[str, Any]) -> dict:
   """Generates the chunk's missing images, then packs the chunk into its shard and JSON."""
   model = settings.model
+  fresh: dict[str, tuple[bytes, tuple[int, int]]] = {}  # rendered here: no need to read back
   for _ in range(2):  # a second pass regenerates files that failed to decode when packing
     missing = [it for it in items if not os.path.exists(png_path(out, it, model))]
     for start in range(0, len(missing), batch_size):
       batch = missing[start:start + batch_size]
-      for item, data in zip(batch, render(get_pipe(), settings, batch)):
+      for item, (data, size) in zip(batch, render(get_pipe(), settings, batch)):
         _write_png(png_path(out, item, model), data)
+        fresh[item.filename] = (data, size)
       progress.update(len(batch))
-    loaded = [_read_png(png_path(out, it, model)) for it in items]
+    # Files staged by an earlier, killed run are read back and checked to decode.
+    loaded = [fresh.get(it.filename) or _read_png(png_path(out, it, model)) for it in items]
     if all(loaded):
       break
   else:
@@ -342,7 +336,7 @@ def run_chunk(out: str, chunk: int, items: Sequence[Item], settings: Settings, g
   summary = {"chunk": chunk, "records": writer.metadata,
              "shard": os.path.relpath(writer.path, out),
              "shard_sha256": records.sha256_file(writer.path)}
-  _atomic_json(chunk_json(out, model, chunk), summary)
+  ingest.atomic_json(chunk_json(out, model, chunk), summary)
   if not keep_png:
     for item in items:
       os.remove(png_path(out, item, model))

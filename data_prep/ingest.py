@@ -202,11 +202,15 @@ def chunk_shard(out: str, chunk: int) -> str:
   return os.path.join(out, records.RECORDS_DIR, f"chunk-{chunk:06d}.array_record")
 
 
-def _atomic_json(path: str, obj: Any) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+def atomic_json(path: str, obj: Any, indent: int | None = None) -> None:
+  """Writes JSON so that readers see the old file or the whole new one, even across a crash.
+
+  The temporary name is per process: workers that finish together may write the same file.
+  """
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(obj, f)
+    json.dump(obj, f, indent=indent)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
@@ -248,7 +252,7 @@ def make_plan(src: str, out: str, layout: str, chunk_size: int,
       for path, why in enum.ignored:
         f.write(json.dumps({"path": path, "reason": why}) + "\n")
     os.replace(tmp, paths["ignored"])
-    _atomic_json(paths["plan"], plan)
+    atomic_json(paths["plan"], plan)
   return plan, enum.candidates
 
 
@@ -284,7 +288,7 @@ def ingest_chunk(out: str, chunk: int, candidates, label_map, max_pixels: int, p
   writer.close()
   summary["records"] = writer.metadata
   summary["shard_sha256"] = records.sha256_file(writer.path)
-  _atomic_json(chunk_json(out, chunk), summary)
+  atomic_json(chunk_json(out, chunk), summary)
   return summary
 
 
@@ -372,7 +376,7 @@ def merge(out: str, quiet: bool = False, targets: dict[str, int] | None = None) 
       out, shards, metadata, plan["classes"], shard_sha256=hashes,
       source={"path": plan["src"], "layout": plan["layout"]})
   report = build_report(plan, metadata, skipped, warnings, ignored, targets)
-  _atomic_json(paths["report_json"], report)
+  atomic_json(paths["report_json"], report)
   text = format_report(report)
   with open(paths["report_txt"], "w") as f:
     f.write(text)

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 
+from data_prep import ingest
 from iab_jax.data import generators, records
 
 READ_BATCH = 64  # records per read: bounds memory at 64 images whatever the shard size
@@ -85,10 +86,7 @@ def merge(out: str, roots: list[str], quiet: bool = False) -> dict:
       else:
         rows, digest = copy_shard(shard, dst, label_map)
         summary = {"records": rows, "sha256": digest}
-        tmp = done + ".tmp"
-        with open(tmp, "w") as f:
-          json.dump(summary, f)
-        os.replace(tmp, done)
+        ingest.atomic_json(done, summary)
       shards.append(dst)
       hashes.append(summary["sha256"])
       metadata += summary["records"]

@@ -66,12 +66,12 @@ import os
 import re
 import sys
 import time
-import zlib
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from data_prep import captions, ingest, sources
+from data_prep.split import class_rng
 from iab_jax.data import generators
 
 SELECTION_JSON = "sample_real.json"
@@ -360,11 +360,6 @@ SOURCE_LAYOUTS = {
 # ---------------------------------------------------------------------------------------------
 # Selection.
 # ---------------------------------------------------------------------------------------------
-def selection_rng(seed: int, name: str) -> np.random.Generator:
-  # crc32, not hash(): Python salts str hashes per process. The same seeding as data_prep.split.
-  return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
 def allocate(sizes: Mapping[str, int], total: int) -> dict[str, int]:
   """Splits `total` over groups as equally as their sizes allow.
 
@@ -395,7 +390,7 @@ def select(files: Sequence[Eligible], count: int, seed: int,
   shares = allocate({g: len(members) for g, members in groups.items()}, count)
   chosen = []
   for group, members in sorted(groups.items()):
-    rng = selection_rng(seed, f"{semantic}/{group}" if group else semantic)
+    rng = class_rng(seed, f"{semantic}/{group}" if group else semantic)
     ranking = np.argsort(rng.random(len(members)), kind="stable")
     chosen += [members[i] for i in ranking[:shares[group]]]
   return sorted(chosen, key=lambda f: f.rel), shares
@@ -522,7 +517,7 @@ def store_or_check_selection(out: str, plan: dict) -> None:
   """Writes the plan on the first run; later runs must compute the same one."""
   path = selection_path(out)
   if not os.path.exists(path):
-    ingest._atomic_json(path, plan)
+    ingest.atomic_json(path, plan)
     return
   stored = load_selection(out)
   difference = _difference(stored, plan)

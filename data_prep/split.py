@@ -113,7 +113,8 @@ def _mixed_groups(gid: np.ndarray, labels: np.ndarray, mask: np.ndarray,
   return np.bincount(pairs[:, 0], minlength=num_groups) > 1
 
 
-def _class_rng(seed: int, name: str) -> np.random.Generator:
+def class_rng(seed: int, name: str) -> np.random.Generator:
+  """A Generator of (seed, name) only; crc32, since Python salts str hashes per process."""
   return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
@@ -130,7 +131,7 @@ def _stratify(index: _Index, labels: np.ndarray, mask: np.ndarray, classes: Sequ
   """Deals each class's groups (of the records under `mask`) into splits 0..len(ratios)-1."""
   for c, name in enumerate(classes):
     units = np.unique(index.gid[mask & (labels == c)])  # in sha256 order, whatever the record order
-    units = units[_class_rng(seed, name).permutation(len(units))]
+    units = units[class_rng(seed, name).permutation(len(units))]
     bounds = _cuts(len(units), ratios)
     for s in range(len(ratios)):
       group_split[units[bounds[s]:bounds[s + 1]]] = s
@@ -376,7 +377,7 @@ def openset_split(ds: records.Dataset, fold: int, *, num_folds: int = 5, seed: i
     if name not in unknown:
       continue
     units = np.unique(index.gid[unknown_mask & ~mixed[index.gid] & (labels == c)])
-    units = units[_class_rng(seed, name).permutation(len(units))]
+    units = units[class_rng(seed, name).permutation(len(units))]
     n = len(units)
     if unknown_fraction is None:
       take = n - _cuts(n, ratios)[2]
