@@ -12,11 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 from safetensors.numpy import save_file
 
 from iab_jax.data import transforms
 from iab_jax.models import clip_resnet
+from tests.models.harness import (abstract, assert_close, assert_each_close, assert_leaves_equal,
+                                  assert_trees_close, batch_norm_shapes, bottleneck_shapes, flat,
+                                  init_once, jit_apply, nchw, num_params, numpy_state,
+                                  random_state_dict, randomise_batch_norms)
 
 # Reduced configurations of the same architecture (64 px, a 2x2 final map); DEEP also has blocks
 # without a projection shortcut.
@@ -27,88 +30,19 @@ RN50X16_PARAMS = 167_328_912  # open_clip CLIP('RN50x16').visual, parameters onl
 RN50X16_BN_STATS = 193_920  # its running means and variances (num_batches_tracked not counted)
 
 
-_INITS: dict = {}
-_APPLIES: dict = {}
-# Initialising with the default threefry keys compiles several times slower on CPU than with
-# rbg keys, and these tests only need some random weights.
-_KEY = jax.random.key(0, impl="rbg")
-
-
-def init(model, hw=(64, 64)):
-  """The model's variables, initialised once per configuration: the machines are slow and shared."""
-  key = (repr(model), hw)
-  if key not in _INITS:
-    _INITS[key] = jax.jit(lambda: model.init(_KEY, jnp.zeros((1, *hw, 3)), train=False))()
-  return _INITS[key]
-
-
-def abstract(model, hw=(64, 64)):
-  """The model's variables as jax.ShapeDtypeStructs: nothing initialised."""
-  return jax.eval_shape(lambda: model.init(_KEY, jnp.zeros((1, *hw, 3)), train=False))
-
-
-def apply(model, variables, x, **kwargs):
-  """model.apply, jitted once per configuration (one compilation beats eager dispatch here)."""
-  key = (repr(model), repr(kwargs))
-  if key not in _APPLIES:
-    _APPLIES[key] = jax.jit(lambda v, x: model.apply(v, x, **kwargs))
-  return _APPLIES[key](variables, jnp.asarray(x))
-
-
-def _flat(tree):
-  return traverse_util.flatten_dict(tree)
-
-
-def _assert_close(actual, expected, rel, what=""):
-  """Max abs difference within `rel` of the reference's magnitude; returns the ratio."""
-  expected = np.asarray(expected)
-  ratio = float(np.abs(np.asarray(actual, np.float32) - expected).max() / np.abs(expected).max())
-  assert ratio <= rel, (f"{what}: max abs diff {ratio:.2e} of the magnitude "
-                        f"{np.abs(expected).max():.3g}")
-  return ratio
-
-
 def open_clip_state(layers=(1, 1, 1, 1), width=16, embed_dim=32, image_size=64, seed=0):
   """A random open_clip CLIP state dict (visual.* of a ModifiedResNet + text keys), by hand."""
-  rng = np.random.default_rng(seed)
   shapes = {"logit_scale": (), "token_embedding.weight": (100, 16), "text_projection": (16, 32)}
-
-  def bn(prefix, c):
-    for field in ("weight", "bias", "running_mean", "running_var"):
-      shapes[f"{prefix}.{field}"] = (c,)
-    shapes[f"{prefix}.num_batches_tracked"] = ()
-
   for k, (cin, cout) in enumerate([(3, width // 2), (width // 2, width // 2), (width // 2, width)]):
     shapes[f"visual.conv{k + 1}.weight"] = (cout, cin, 3, 3)
-    bn(f"visual.bn{k + 1}", cout)
-  cin = width
-  for i, n in enumerate(layers):
-    planes = width * 2**i
-    for j in range(n):
-      p = f"visual.layer{i + 1}.{j}"
-      shapes[f"{p}.conv1.weight"] = (planes, cin, 1, 1)
-      bn(f"{p}.bn1", planes)
-      shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
-      bn(f"{p}.bn2", planes)
-      shapes[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
-      bn(f"{p}.bn3", planes * 4)
-      if j == 0:
-        shapes[f"{p}.downsample.0.weight"] = (planes * 4, cin, 1, 1)
-        bn(f"{p}.downsample.1", planes * 4)
-      cin = planes * 4
+    shapes.update(batch_norm_shapes(f"visual.bn{k + 1}", cout))
+  stages, cin = bottleneck_shapes("visual.", layers, width)
+  shapes.update(stages)
   shapes["visual.attnpool.positional_embedding"] = ((image_size // 32)**2 + 1, cin)
   for name, out in (("q_proj", cin), ("k_proj", cin), ("v_proj", cin), ("c_proj", embed_dim)):
     shapes[f"visual.attnpool.{name}.weight"] = (out, cin)
     shapes[f"visual.attnpool.{name}.bias"] = (out,)
-  state = {}
-  for k, s in shapes.items():
-    if k.endswith("num_batches_tracked"):
-      state[k] = np.array(3, np.int64)
-    elif k.endswith("running_var"):
-      state[k] = rng.uniform(0.5, 1.5, s).astype(np.float32)
-    else:
-      state[k] = rng.standard_normal(s).astype(np.float32)
-  return state
+  return random_state_dict(shapes, seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,10 +51,10 @@ def open_clip_state(layers=(1, 1, 1, 1), width=16, embed_dim=32, image_size=64, 
 
 def test_outputs_and_aux():
   model = clip_resnet.Model(**DEEP)
-  variables = init(model)
+  variables = init_once(model)
   assert set(variables) == {"params", "batch_stats"} and "head" not in variables["params"]
   x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
-  out, aux = apply(model, variables, x, train=False)
+  out, aux = jit_apply(model, variables, x, train=False)
   assert out.shape == (2, 32) and out.dtype == jnp.float32
   np.testing.assert_array_equal(out, aux["features"])
   np.testing.assert_array_equal(out, aux["embedding"])
@@ -134,23 +68,23 @@ def test_outputs_and_aux():
 
 def test_classifier_head_train_mode_and_input_size():
   model = clip_resnet.Model(num_classes=5, **TINY)
-  variables = init(model)
+  variables = init_once(model)
   assert variables["params"]["head"]["kernel"].shape == (32, 5)
   x = 1.0 + jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
-  (logits, _), updates = apply(model, variables, x, train=True, mutable=["batch_stats"])
+  (logits, _), updates = jit_apply(model, variables, x, train=True, mutable=["batch_stats"])
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
   assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
   with pytest.raises(ValueError, match=r"position table is for a 2x2 final map \(input 64 px\), "
                                        r"got 3x3"):
-    apply(model, variables, jnp.ones((1, 96, 96, 3)), train=False)
+    jit_apply(model, variables, jnp.ones((1, 96, 96, 3)), train=False)
 
 
 def test_bfloat16_compute():
   model = clip_resnet.Model(**TINY)
-  variables = init(model)
+  variables = init_once(model)
   x = jax.random.normal(jax.random.key(3), (2, 64, 64, 3))
-  ref, _ = apply(model, variables, x, train=False)
-  out, aux = apply(clip_resnet.Model(**TINY, dtype=jnp.bfloat16), variables, x, train=False)
+  ref, _ = jit_apply(model, variables, x, train=False)
+  out, aux = jit_apply(clip_resnet.Model(**TINY, dtype=jnp.bfloat16), variables, x, train=False)
   assert out.dtype == jnp.float32 and aux["stages"][0].dtype == jnp.bfloat16
   assert float(jnp.abs(out - ref).max()) < 0.05 * float(jnp.abs(ref).max())
 
@@ -160,11 +94,10 @@ def test_full_size_parameter_count():
   model = clip_resnet.Model(**entry["arch"])
   assert model.heads == 48 and model.width * 32 // 64 == 48  # open_clip's rule for RN heads
   shapes = abstract(model, (384, 384))
-  count = lambda tree: sum(int(np.prod(s.shape)) for s in jax.tree.leaves(tree))
-  assert count(shapes["params"]) == RN50X16_PARAMS
-  assert count(shapes["batch_stats"]) == RN50X16_BN_STATS
+  assert num_params(shapes["params"]) == RN50X16_PARAMS
+  assert num_params(shapes["batch_stats"]) == RN50X16_BN_STATS
   arch = {k: entry["arch"][k] for k in ("layers", "width", "embed_dim", "image_size")}
-  assert {k: s.shape for k, s in _flat(shapes).items()} == clip_resnet.expected_shapes(**arch)
+  assert {k: s.shape for k, s in flat(shapes).items()} == clip_resnet.expected_shapes(**arch)
 
 
 def test_reference_parameter_count():
@@ -210,8 +143,8 @@ def test_from_open_clip_maps_and_transposes():
   # Every visual tensor but num_batches_tracked lands somewhere, exactly once; text is ignored.
   n = sum(k.startswith("visual.") and not k.endswith("num_batches_tracked") for k in state)
   assert len(jax.tree.leaves(variables)) == n
-  assert jax.tree.map(np.shape, variables) == jax.tree.map(np.shape,
-                                                           init(clip_resnet.Model(**DEEP)))
+  assert jax.tree.map(np.shape, variables) == jax.tree.map(
+      np.shape, init_once(clip_resnet.Model(**DEEP)))
   # The architecture is read off the tensors when not given.
   assert jax.tree.map(np.shape, clip_resnet.from_open_clip(state)) == jax.tree.map(
       np.shape, variables)
@@ -244,19 +177,18 @@ def test_load_pretrained_keeps_a_fresh_head(tmp_path):
   path = tmp_path / "open_clip_model.safetensors"
   state = open_clip_state()
   save_file(state, str(path))
-  expected = _flat(clip_resnet.from_open_clip(state))
-  fresh = init(clip_resnet.Model(num_classes=7, **TINY))
+  converted = clip_resnet.from_open_clip(state)
+  expected = flat(converted)
+  fresh = init_once(clip_resnet.Model(num_classes=7, **TINY))
   loaded = clip_resnet.load_pretrained(fresh, path)
   assert jax.tree.structure(loaded) == jax.tree.structure(fresh)
-  for key, value in _flat(loaded).items():
+  for key, value in flat(loaded).items():
     if key[:2] == ("params", "head"):
-      np.testing.assert_array_equal(value, _flat(fresh)[key])
+      np.testing.assert_array_equal(value, flat(fresh)[key])
     else:
       np.testing.assert_array_equal(value, expected[key], err_msg=str(key))
   target = abstract(clip_resnet.Model(**TINY))
-  loaded = clip_resnet.load_pretrained(target, str(path))
-  for key, value in expected.items():
-    np.testing.assert_array_equal(_flat(loaded)[key], value, err_msg=str(key))
+  assert_leaves_equal(clip_resnet.load_pretrained(target, str(path)), converted)
 
 
 def test_load_pretrained_errors(tmp_path):
@@ -280,19 +212,8 @@ def _open_clip_net(torch, open_clip, layers, seed):
   torch.manual_seed(seed)
   net = open_clip.modified_resnet.ModifiedResNet(layers=layers, output_dim=32, heads=2,
                                                  image_size=64, width=16)
-  bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-  with torch.no_grad():
-    for bn in bns:  # bn3 starts at zero in open_clip, which would hide the main branch
-      bn.weight.uniform_(0.5, 1.5)
-      bn.bias.normal_(0.0, 0.2)
-      bn.momentum = 1.0  # running statistics of one batch: random, yet of the activations' scale
-    net.train()
-    net(torch.randn(4, 3, 64, 64))
-    for bn in bns:
-      bn.momentum = 0.1
-      bn.running_mean.add_(0.1 * torch.randn_like(bn.running_mean))
-      bn.running_var.mul_(torch.empty_like(bn.running_var).uniform_(0.7, 1.3))
-  return net.eval()
+  # open_clip's bn3 starts at zero, which would hide the main branch.
+  return randomise_batch_norms(net, (4, 3, 64, 64))
 
 
 @pytest.mark.parametrize("layers", [(1, 1, 1, 1), (2, 1, 1, 2)])
@@ -301,28 +222,28 @@ def test_parity_with_open_clip(tmp_path, layers):
   open_clip = pytest.importorskip(
       "open_clip", reason="open_clip is needed for the parity tests against its ModifiedResNet")
   net = _open_clip_net(torch, open_clip, layers, seed=sum(layers))
-  state = {f"visual.{k}": v.detach().numpy().copy() for k, v in net.state_dict().items()}
+  state = numpy_state(net, prefix="visual.")
   path = tmp_path / "open_clip_model.safetensors"
   save_file(state, str(path))
   model = clip_resnet.Model(**{**TINY, "layers": layers})
   variables = clip_resnet.load_pretrained(abstract(model), path)
 
   x = np.random.default_rng(4).standard_normal((2, 64, 64, 3)).astype(np.float32)
-  xt = torch.from_numpy(x.transpose(0, 3, 1, 2))
+  xt = nchw(x)
   with torch.no_grad():
     ref = net.forward_intermediates(xt)
-  out, aux = apply(model, variables, jnp.asarray(x), train=False)
-  _assert_close(out, ref["image_features"].numpy(), 1e-4, "embedding")
-  for i, (ours, theirs) in enumerate(zip(aux["stages"], ref["image_intermediates"][1:])):
-    _assert_close(ours, theirs.numpy().transpose(0, 2, 3, 1), 1e-4, f"layer{i + 1}")
+  out, aux = jit_apply(model, variables, jnp.asarray(x), train=False)
+  assert_close(out, ref["image_features"].numpy(), 1e-4, "embedding")
+  # image_intermediates: the stem's output, then layer1 to layer4's.
+  assert_each_close(aux["stages"], [t.numpy().transpose(0, 2, 3, 1)
+                                    for t in ref["image_intermediates"][1:]], 1e-4)
 
   # Train mode: batch statistics, and torch's running-statistics update.
   net.train()
   with torch.no_grad():
     ref_train = net(xt).numpy()
-  (out, _), updates = apply(model, variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
-  _assert_close(out, ref_train, 2e-4, "train-mode embedding")
-  ref_stats = _flat(clip_resnet.from_open_clip(
-      {f"visual.{k}": v.detach().numpy() for k, v in net.state_dict().items()})["batch_stats"])
-  for key, value in _flat(updates["batch_stats"]).items():
-    _assert_close(value, ref_stats[key], 1e-4, "/".join(key))
+  (out, _), updates = jit_apply(model, variables, jnp.asarray(x), train=True,
+                                mutable=["batch_stats"])
+  assert_close(out, ref_train, 2e-4, "train-mode embedding")
+  assert_trees_close(updates["batch_stats"],
+                     clip_resnet.from_open_clip(numpy_state(net, "visual."))["batch_stats"], 1e-4)

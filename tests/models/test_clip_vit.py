@@ -7,15 +7,19 @@ when the reference library does not import; the rest runs on state dicts written
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 from safetensors.numpy import save_file
 
 from iab_jax.data import transforms
 from iab_jax.models import clip_vit
+from tests.models import harness
+from tests.models.harness import (assert_close, assert_each_close, assert_leaves_equal, flat,
+                                  jit_apply, nchw, num_params, numpy_state, random_state_dict)
 
 # A reduced configuration of the same architecture: 4 x 4 patches of 14 px, 2 blocks of width 64.
 TINY = dict(width=64, layers=2, heads=4, patch_size=14, image_size=56, embed_dim=32)
@@ -24,51 +28,14 @@ VIT_L14_PARAMS = 303_966_208  # transformers CLIPVisionModelWithProjection, open
 VIT_H14_PARAMS = 632_076_800  # open_clip CLIP('ViT-H-14').visual
 
 
-_INITS: dict = {}
-_APPLIES: dict = {}
-# Initialising with the default threefry keys compiles several times slower on CPU than with
-# rbg keys, and these tests only need some random weights.
-_KEY = jax.random.key(0, impl="rbg")
-
-
-def init(model, hw=(56, 56)):
-  """The model's variables, initialised once per configuration: the machines are slow and shared."""
-  key = (repr(model), hw)
-  if key not in _INITS:
-    _INITS[key] = jax.jit(lambda: model.init(_KEY, jnp.zeros((1, *hw, 3)), train=False))()
-  return _INITS[key]
-
-
-def abstract(model, hw=(56, 56)):
-  """The model's variables as jax.ShapeDtypeStructs: nothing initialised."""
-  return jax.eval_shape(lambda: model.init(_KEY, jnp.zeros((1, *hw, 3)), train=False))
-
-
-def apply(model, variables, x, **kwargs):
-  """model.apply, jitted once per configuration (one compilation beats eager dispatch here)."""
-  key = (repr(model), repr(kwargs))
-  if key not in _APPLIES:
-    _APPLIES[key] = jax.jit(lambda v, x: model.apply(v, x, **kwargs))
-  return _APPLIES[key](variables, jnp.asarray(x))
-
-
-def _flat(tree):
-  return traverse_util.flatten_dict(tree)
-
-
-def _assert_close(actual, expected, rel, what=""):
-  """Max abs difference within `rel` of the reference's magnitude; returns the ratio."""
-  expected = np.asarray(expected)
-  ratio = float(np.abs(np.asarray(actual, np.float32) - expected).max() / np.abs(expected).max())
-  assert ratio <= rel, (f"{what}: max abs diff {ratio:.2e} of the magnitude "
-                        f"{np.abs(expected).max():.3g}")
-  return ratio
+# Variables from a TINY-sized image; the same few models recur across the tests.
+init = functools.partial(harness.init_once, hw=(56, 56))
+abstract = functools.partial(harness.abstract, hw=(56, 56))
 
 
 def transformers_state(width=64, layers=2, patch_size=14, image_size=56, embed_dim=32, seed=0,
                        text=True):
   """A random CLIPModel state dict with transformers' key names and shapes, written by hand."""
-  rng = np.random.default_rng(seed)
   grid = image_size // patch_size
   v = "vision_model."
   shapes = {
@@ -92,7 +59,7 @@ def transformers_state(width=64, layers=2, patch_size=14, image_size=56, embed_d
     shapes.update({"text_model.embeddings.token_embedding.weight": (10, 8),
                    "text_model.final_layer_norm.weight": (8,), "text_projection.weight": (4, 8),
                    "logit_scale": ()})
-  state = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+  state = random_state_dict(shapes, seed)
   if text:  # what checkpoints saved by older transformers carry as persistent buffers
     state[v + "embeddings.position_ids"] = np.arange(grid * grid + 1)[None]
     state["text_model.embeddings.position_ids"] = np.arange(7)[None]
@@ -101,7 +68,6 @@ def transformers_state(width=64, layers=2, patch_size=14, image_size=56, embed_d
 
 def open_clip_state(width=64, layers=2, patch_size=14, image_size=56, embed_dim=32, seed=0):
   """A random open_clip CLIP state dict (visual.* and some text keys), written by hand."""
-  rng = np.random.default_rng(seed)
   grid = image_size // patch_size
   shapes = {
       "visual.class_embedding": (width,), "visual.positional_embedding": (grid * grid + 1, width),
@@ -121,7 +87,7 @@ def open_clip_state(width=64, layers=2, patch_size=14, image_size=56, embed_dim=
                    p + "mlp.c_proj.weight": (width, 4 * width), p + "mlp.c_proj.bias": (width,)})
     for name in ("ln_1", "ln_2"):
       shapes[p + name + ".weight"] = shapes[p + name + ".bias"] = (width,)
-  return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+  return random_state_dict(shapes, seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +99,7 @@ def test_outputs_and_aux():
   variables = init(model)
   assert set(variables) == {"params"} and "head" not in variables["params"]
   x = jax.random.normal(jax.random.key(1), (2, 56, 56, 3))
-  out, aux = apply(model, variables, x, train=False)
+  out, aux = jit_apply(model, variables, x, train=False)
   assert out.shape == (2, 32) and out.dtype == jnp.float32
   np.testing.assert_array_equal(out, aux["features"])
   np.testing.assert_array_equal(out, aux["embedding"])
@@ -146,7 +112,7 @@ def test_outputs_and_aux():
   np.testing.assert_allclose(out, aux["cls"] @ variables["params"]["proj"]["kernel"], rtol=1e-5,
                              atol=1e-5)
   # train=True computes the same function (no dropout, no batch norm).
-  np.testing.assert_array_equal(out, apply(model, variables, x, train=True)[0])
+  np.testing.assert_array_equal(out, jit_apply(model, variables, x, train=True)[0])
 
 
 def test_classifier_head_and_other_resolutions():
@@ -154,11 +120,11 @@ def test_classifier_head_and_other_resolutions():
   variables = init(model)
   assert variables["params"]["head"]["kernel"].shape == (32, 5)
   for hw in [(56, 56), (84, 70), (28, 41)]:
-    logits, aux = apply(model, variables, jnp.ones((2, *hw, 3)), train=False)
+    logits, aux = jit_apply(model, variables, jnp.ones((2, *hw, 3)), train=False)
     assert logits.shape == (2, 5) and logits.dtype == jnp.float32
     assert aux["tokens"].shape == (2, 1 + (hw[0] // 14) * (hw[1] // 14), 64)
   with pytest.raises(ValueError, match="smaller than one 14x14 patch"):
-    apply(model, variables, jnp.ones((1, 13, 56, 3)), train=False)
+    jit_apply(model, variables, jnp.ones((1, 13, 56, 3)), train=False)
   with pytest.raises(ValueError, match="unknown activation 'relu'"):
     clip_vit.Model(activation="relu", **TINY).init(jax.random.key(0), jnp.ones((1, 56, 56, 3)),
                                                    train=False)
@@ -168,8 +134,8 @@ def test_bfloat16_compute():
   model = clip_vit.Model(**TINY)
   variables = init(model)
   x = jax.random.normal(jax.random.key(2), (2, 56, 56, 3))
-  ref, _ = apply(model, variables, x, train=False)
-  out, aux = apply(clip_vit.Model(**TINY, dtype=jnp.bfloat16), variables, x, train=False)
+  ref, _ = jit_apply(model, variables, x, train=False)
+  out, aux = jit_apply(clip_vit.Model(**TINY, dtype=jnp.bfloat16), variables, x, train=False)
   assert out.dtype == jnp.float32 and aux["cls"].dtype == jnp.float32
   assert aux["tokens"].dtype == jnp.bfloat16
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
@@ -181,9 +147,9 @@ def test_bfloat16_compute():
 def test_full_size_parameter_count(name, expected):
   arch = clip_vit.CHECKPOINTS[name]["arch"]
   model = clip_vit.Model(**arch)
-  shapes = abstract(model, (224, 224))
-  assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)) == expected
-  assert {k: s.shape for k, s in _flat(shapes["params"]).items()} == clip_vit.expected_shapes(
+  shapes = abstract(model, hw=(224, 224))
+  assert num_params(shapes) == expected
+  assert {k: s.shape for k, s in flat(shapes["params"]).items()} == clip_vit.expected_shapes(
       **{k: arch[k] for k in ("width", "layers", "patch_size", "image_size", "embed_dim")})
 
 
@@ -220,7 +186,7 @@ def test_position_table_resize_matches_torch_bicubic():
     patches = torch.from_numpy(table[1:]).reshape(1, *grid, 8).permute(0, 3, 1, 2)
     ref = torch.nn.functional.interpolate(patches, size=new, mode="bicubic", align_corners=False)
     ref = np.concatenate([table[:1], ref.permute(0, 2, 3, 1).reshape(-1, 8).numpy()])
-    _assert_close(ours, ref, 1e-5, f"{grid} -> {new}")
+    assert_close(ours, ref, 1e-5, f"{grid} -> {new}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,20 +268,19 @@ def test_load_pretrained_keeps_a_fresh_head(tmp_path, layout):
   state = transformers_state() if layout == "transformers" else open_clip_state()
   save_file(state, str(path))
   convert = getattr(clip_vit, f"from_{layout}")
-  expected = _flat(convert(state)["params"])
+  converted = convert(state)["params"]
+  expected = flat(converted)
   fresh = init(clip_vit.Model(num_classes=7, **TINY))
   loaded = clip_vit.load_pretrained(fresh, path)
   assert jax.tree.structure(loaded) == jax.tree.structure(fresh)
-  for key, value in _flat(loaded["params"]).items():
+  for key, value in flat(loaded["params"]).items():
     if key[0] == "head":
-      np.testing.assert_array_equal(value, _flat(fresh["params"])[key])
+      np.testing.assert_array_equal(value, flat(fresh["params"])[key])
     else:
       np.testing.assert_array_equal(value, expected[key], err_msg=str(key))
   # Abstract targets (jax.eval_shape, no init) load the same; no head here.
   target = abstract(clip_vit.Model(**TINY))
-  loaded = clip_vit.load_pretrained(target, str(path))
-  for key, value in expected.items():
-    np.testing.assert_array_equal(_flat(loaded["params"])[key], value, err_msg=str(key))
+  assert_leaves_equal(clip_vit.load_pretrained(target, str(path))["params"], converted)
 
 
 def test_load_pretrained_errors(tmp_path):
@@ -354,7 +319,7 @@ def hf_pair(tmp_path_factory):
         p.add_(0.3 * torch.randn_like(p))
       elif "position_embedding" in name:  # as large as the patch embeddings: resizing matters
         p.normal_(0.0, 0.5)
-  state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+  state = numpy_state(net)
   path = tmp_path_factory.mktemp("hf") / "model.safetensors"
   save_file(state, str(path))
   model = clip_vit.Model(**TINY, activation="quick_gelu")
@@ -367,16 +332,16 @@ def test_parity_with_transformers(hf_pair, hw):
   torch, net, model, variables = hf_pair
   x = np.random.default_rng(hw[1]).standard_normal((2, *hw, 3)).astype(np.float32)
   with torch.no_grad():
-    ref = net(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2)), output_hidden_states=True,
+    ref = net(pixel_values=nchw(x), output_hidden_states=True,
               interpolate_pos_encoding=hw != (56, 56))
-  out, aux = apply(model, variables, jnp.asarray(x), train=False)
-  _assert_close(out, ref.image_embeds.numpy(), 1e-4, "image_embeds")
-  _assert_close(aux["tokens"], ref.last_hidden_state.numpy(), 1e-4, "last_hidden_state")
+  out, aux = jit_apply(model, variables, jnp.asarray(x), train=False)
+  assert_close(out, ref.image_embeds.numpy(), 1e-4, "image_embeds")
+  assert_close(aux["tokens"], ref.last_hidden_state.numpy(), 1e-4, "last_hidden_state")
   cls = net.vision_model.post_layernorm(ref.last_hidden_state[:, 0]).detach().numpy()
-  _assert_close(aux["cls"], cls, 1e-4, "pooler_output")
-  assert len(aux["hidden_states"]) == len(ref.hidden_states) == 3
-  for i, (ours, theirs) in enumerate(zip(aux["hidden_states"], ref.hidden_states)):
-    _assert_close(ours, theirs.numpy(), 1e-4, f"hidden_states[{i}]")
+  assert_close(aux["cls"], cls, 1e-4, "pooler_output")
+  assert len(aux["hidden_states"]) == 3
+  assert_each_close(aux["hidden_states"], [h.numpy() for h in ref.hidden_states], 1e-4,
+                    "hidden state")
 
 
 @pytest.mark.parametrize("quick_gelu", [False, True])
@@ -394,19 +359,18 @@ def test_parity_with_open_clip(tmp_path, quick_gelu):
       if "bias" in name or "ln" in name:
         p.add_(0.3 * torch.randn_like(p))
   path = tmp_path / "open_clip_model.safetensors"
-  save_file({k: v.detach().numpy().copy() for k, v in net.state_dict().items()}, str(path))
+  save_file(numpy_state(net), str(path))
   model = clip_vit.Model(**TINY, activation="quick_gelu" if quick_gelu else "gelu")
   variables = clip_vit.load_pretrained(abstract(model), path)
 
   x = np.random.default_rng(3).standard_normal((2, 56, 56, 3)).astype(np.float32)
   with torch.no_grad():
-    ref = net.visual.forward_intermediates(torch.from_numpy(x.transpose(0, 3, 1, 2)),
-                                           output_fmt="NLC", output_extra_tokens=True)
-    image_features = net.encode_image(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-  out, aux = apply(model, variables, jnp.asarray(x), train=False)
-  _assert_close(out, image_features, 1e-4, "encode_image")
-  _assert_close(out, ref["image_features"].numpy(), 1e-4, "image_features")
-  for i, (tokens, prefix) in enumerate(zip(ref["image_intermediates"],
-                                           ref["image_intermediates_prefix"])):
-    block = np.concatenate([prefix.numpy(), tokens.numpy()], axis=1)
-    _assert_close(aux["hidden_states"][i + 1], block, 1e-4, f"block {i}")
+    ref = net.visual.forward_intermediates(nchw(x), output_fmt="NLC", output_extra_tokens=True)
+    image_features = net.encode_image(nchw(x)).numpy()
+  out, aux = jit_apply(model, variables, jnp.asarray(x), train=False)
+  assert_close(out, image_features, 1e-4, "encode_image")
+  assert_close(out, ref["image_features"].numpy(), 1e-4, "image_features")
+  # Each block's output: its class token (the "prefix") and patch tokens.
+  blocks = [np.concatenate([prefix.numpy(), tokens.numpy()], axis=1) for tokens, prefix in
+            zip(ref["image_intermediates"], ref["image_intermediates_prefix"])]
+  assert_each_close(aux["hidden_states"][1:], blocks, 1e-4, "block")

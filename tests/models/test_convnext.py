@@ -11,11 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 from safetensors.numpy import save_file
 
 from iab_jax import models
 from iab_jax.models import convnext
+from tests.models.harness import (abstract, assert_close, assert_each_close, assert_leaves_equal,
+                                  init, jit_apply, nchw, num_params, numpy_state,
+                                  random_state_dict)
 
 TINY = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
 SMALL_PARAMS = 50_223_688  # timm's convnext_small with the 1000-class head
@@ -47,33 +49,13 @@ def timm_state(depths=TINY["depths"], dims=TINY["dims"], num_classes=10, seed=0)
   if num_classes:
     shapes["head.fc.weight"] = (num_classes, dims[-1])
     shapes["head.fc.bias"] = (num_classes,)
-  rng = np.random.default_rng(seed)
-  return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
-
-
-def init(model, hw=(64, 64)):
-  # Jitted, with the rbg generator: threefry's kernels compile slowly on CPU.
-  return jax.jit(lambda key: model.init(key, jnp.zeros((1, *hw, 3)), train=False))(
-      jax.random.key(0, impl="rbg"))
-
-
-def abstract(model):
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
-                                           train=False))
-
-
-def jit_apply(model, variables, x, **kw):
-  return jax.jit(lambda v, x: model.apply(v, x, **kw))(variables, x)
-
-
-def _flat(tree):
-  return traverse_util.flatten_dict(tree)
+  return random_state_dict(shapes, seed)
 
 
 @pytest.fixture(scope="module")
 def tiny():
   model = convnext.Model(num_classes=10, **TINY)
-  return model, init(model)
+  return model, init(model, jit=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +70,7 @@ def test_parameter_count_and_names_are_timms():
   variables = abstract(convnext.Model(num_classes=1000))
   assert set(variables) == {"params"}
   params = variables["params"]
-  assert sum(x.size for x in jax.tree.leaves(params)) == SMALL_PARAMS
+  assert num_params(params) == SMALL_PARAMS
   assert sum(k.startswith("stage2_block") for k in params) == 27
   assert sorted(k for k in params if "block" not in k) == [
       "head_fc", "head_norm", "stage1_downsample_conv", "stage1_downsample_norm",
@@ -253,11 +235,8 @@ def test_load_pretrained_same_head(tmp_path, tiny):
   loaded = convnext.load_pretrained(fresh, path)
   expected = convnext.from_timm(state, **TINY)
   assert jax.tree.structure(loaded) == jax.tree.structure(fresh)
-  for key, value in _flat(expected).items():
-    np.testing.assert_array_equal(_flat(loaded)[key], value, err_msg=str(key))
-  from_abstract = convnext.load_pretrained(abstract(model), str(path))
-  for key, value in _flat(expected).items():
-    np.testing.assert_array_equal(_flat(from_abstract)[key], value, err_msg=str(key))
+  assert_leaves_equal(loaded, expected)
+  assert_leaves_equal(convnext.load_pretrained(abstract(model), str(path)), expected)
 
 
 def test_load_pretrained_fresh_head_and_headless(tmp_path, tiny):
@@ -315,19 +294,11 @@ def torch_pair(tmp_path_factory):
       elif p.ndim == 1:
         p.add_(0.2 * torch.randn_like(p))
   net.eval()
-  state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+  state = numpy_state(net)
   path = tmp_path_factory.mktemp("timm_convnext") / "convnext.safetensors"
   save_file(state, str(path))
   model = convnext.Model(num_classes=10, **TINY)
   return torch, net, state, model, convnext.load_pretrained(abstract(model), path)
-
-
-def _assert_close(actual, expected, rel):
-  """Max abs difference within `rel` of the reference's magnitude; returns the ratio."""
-  expected = np.asarray(expected)
-  ratio = float(np.abs(np.asarray(actual) - expected).max() / np.abs(expected).max())
-  assert ratio <= rel, f"max abs diff {ratio:.2e} of the magnitude {np.abs(expected).max():.3g}"
-  return ratio
 
 
 def test_state_helper_matches_timm(torch_pair):
@@ -352,13 +323,12 @@ def test_drop_path_schedule_is_timms():
 def test_eval_parity_with_timm(torch_pair):
   torch, net, _, model, variables = torch_pair
   x = np.random.default_rng(0).standard_normal((2, 70, 90, 3)).astype(np.float32)
-  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  xt = nchw(x)
   with torch.no_grad():
     ref_logits = net(xt).numpy()
     final, ref_stages = net.forward_intermediates(xt)
     ref_features = net.forward_head(final, pre_logits=True).numpy()
   logits, aux = jit_apply(model, variables, jnp.asarray(x), train=False)
-  _assert_close(logits, ref_logits, 1e-4)
-  _assert_close(aux["features"], ref_features, 1e-4)
-  for ours, theirs in zip(aux["stages"], ref_stages, strict=True):
-    _assert_close(ours, theirs.numpy().transpose(0, 2, 3, 1), 1e-4)
+  assert_close(logits, ref_logits, 1e-4)
+  assert_close(aux["features"], ref_features, 1e-4)
+  assert_each_close(aux["stages"], [t.numpy().transpose(0, 2, 3, 1) for t in ref_stages], 1e-4)

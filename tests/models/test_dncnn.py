@@ -8,35 +8,25 @@ forward x - model(x)), which gives KAIR's key names (model.<i>.*) and arithmetic
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 from safetensors.numpy import save_file
 
 from iab_jax import models
 from iab_jax.models import dncnn
+from tests.models import harness
+from tests.models.harness import (abstract, assert_close, assert_leaves_equal, assert_trees_close,
+                                  flat, num_params, numpy_state, torch_forward)
 
 SMALL = dict(depth=5, width=16)
 DEEPINV_PARAMS = 3 * 64 * 9 + 64 + 18 * (64 * 64 * 9 + 64) + 64 * 3 * 9 + 3  # 668,227
 
 
-def init(model, hw=(16, 16)):
-  return model.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, *hw, model.channels)),
-                    train=False)
-
-
-def _flat(tree):
-  return traverse_util.flatten_dict(tree)
-
-
-def _assert_close(actual, expected, rel):
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape, (actual.shape, expected.shape)
-  ratio = float(np.abs(actual - expected).max() / np.abs(expected).max())
-  assert ratio <= rel, f"max abs diff {ratio:.2e} of the magnitude {np.abs(expected).max():.3g}"
-  return ratio
+init = functools.partial(harness.init, hw=(16, 16))
 
 
 def deepinv_state(depth=20, width=64, channels=3, bias=True, seed=0):
@@ -84,14 +74,14 @@ def test_registry_and_parameter_count(default):
   assert models.get("dncnn") is dncnn
   _, variables = default
   assert set(variables) == {"params"}
-  assert sum(x.size for x in jax.tree.leaves(variables)) == DEEPINV_PARAMS
+  assert num_params(variables) == DEEPINV_PARAMS
   params = variables["params"]
   assert sorted(params) == sorted(["in_conv", "out_conv"] + [f"conv_{i}" for i in range(18)])
   assert params["out_conv"]["kernel"].shape == (3, 3, 64, 3)
-  bn = jax.eval_shape(lambda: init(dncnn.Model(depth=17, batch_norm=True)))
+  bn = abstract(dncnn.Model(depth=17, batch_norm=True), (16, 16))
   assert sorted(bn) == ["batch_stats", "params"] and "bn_14" in bn["params"]
   # KAIR's DnCNN(nb=17, act_mode="BR"): 556,032 parameters (running statistics not counted).
-  assert sum(x.size for x in jax.tree.leaves(bn["params"])) == (
+  assert num_params(bn["params"]) == (
       3 * 64 * 9 + 64 + 15 * (64 * 64 * 9 + 64 + 2 * 64) + 64 * 3 * 9 + 3)
 
 
@@ -196,17 +186,14 @@ def test_load_pretrained(tmp_path):
   save_file(deepinv_state(**SMALL), str(deepinv_file))
   save_file(kair_state(**SMALL, batch_norm=True), str(kair_file))
   model = dncnn.Model(**SMALL)
-  loaded = _flat(dncnn.load_pretrained(init(model), deepinv_file))
-  for key, value in _flat(dncnn.from_deepinv(deepinv_state(**SMALL), **SMALL)).items():
-    np.testing.assert_array_equal(loaded[key], value, err_msg=str(key))
+  assert_leaves_equal(dncnn.load_pretrained(init(model), deepinv_file),
+                      dncnn.from_deepinv(deepinv_state(**SMALL), **SMALL))
   # The architecture is read off the (abstract) target, batch norm included.
-  abstract = jax.eval_shape(lambda: init(dncnn.Model(**SMALL, batch_norm=True)))
-  loaded = _flat(dncnn.load_pretrained(abstract, kair_file))  # the layout told by its keys
-  expected = _flat(dncnn.from_kair(kair_state(**SMALL, batch_norm=True), **SMALL,
-                                   batch_norm=True))
-  assert loaded.keys() == expected.keys()
-  for key, value in expected.items():
-    np.testing.assert_array_equal(loaded[key], value, err_msg=str(key))
+  target = abstract(dncnn.Model(**SMALL, batch_norm=True), (16, 16))
+  loaded = dncnn.load_pretrained(target, kair_file)  # the layout told by its keys
+  expected = dncnn.from_kair(kair_state(**SMALL, batch_norm=True), **SMALL, batch_norm=True)
+  assert flat(loaded).keys() == flat(expected).keys()
+  assert_leaves_equal(loaded, expected)
   with pytest.raises(ValueError, match=r"KAIR DnCNN\(nb=5, nc=16, act_mode='R'\): missing keys"):
     dncnn.load_pretrained(init(model), kair_file, layout="kair")
   with pytest.raises(ValueError, match=r"deepinv DnCNN\(depth=5, nf=16, bias=True\): missing "):
@@ -229,15 +216,10 @@ def test_checkpoints_entries():
 # Parity with the references.
 
 
-def _torch_run(torch, net, x, hook_module):
-  hidden = {}
-  handle = hook_module.register_forward_hook(lambda m, a, o: hidden.update(h=o.clone()))
-  try:
-    with torch.no_grad():
-      out = net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
-  finally:
-    handle.remove()
-  return out.numpy().transpose(0, 2, 3, 1), hidden["h"].numpy().mean(axis=(2, 3))
+def _torch_run(net, x, last_activation):
+  """The reference's output and the spatial mean of its last hidden activation (our features)."""
+  out, hidden = torch_forward(net, x, {"last": last_activation})
+  return out, hidden["last"].mean(axis=(1, 2))
 
 
 @pytest.mark.parametrize("arch", [dict(), dict(SMALL, bias=False, channels=1)])
@@ -251,14 +233,14 @@ def test_parity_with_deepinv(arch):
                              nf=width, pretrained=None).eval()
   if not arch:
     assert sum(p.numel() for p in net.parameters()) == DEEPINV_PARAMS
-  state = {k: v.numpy() for k, v in net.state_dict().items()}
-  variables = dncnn.from_deepinv(state, depth=depth, width=width, channels=channels, bias=bias)
+  variables = dncnn.from_deepinv(numpy_state(net), depth=depth, width=width, channels=channels,
+                                 bias=bias)
   x = np.random.default_rng(0).uniform(0, 1, (2, 33, 40, channels)).astype(np.float32)
-  ref, ref_features = _torch_run(torch, net, x, net.nl_list[-1])
+  ref, ref_features = _torch_run(net, x, net.nl_list[-1])
   denoised, aux = dncnn.Model(**arch).apply(variables, jnp.asarray(x), train=False)
-  _assert_close(denoised, ref, 1e-4)
-  _assert_close(aux["residual"], x - ref, 1e-4)
-  _assert_close(aux["features"], ref_features, 1e-4)
+  assert_close(denoised, ref, 1e-4)
+  assert_close(aux["residual"], x - ref, 1e-4)
+  assert_close(aux["features"], ref_features, 1e-4)
 
 
 def kair_reference(torch, depth, width, channels, batch_norm):
@@ -296,19 +278,17 @@ def test_parity_with_kair(batch_norm):
                                                         batch_norm=batch_norm))
   model = dncnn.Model(depth=depth, width=width, batch_norm=batch_norm)
   x = np.random.default_rng(1).uniform(0, 1, (2, 19, 24, 3)).astype(np.float32)
-  ref, ref_features = _torch_run(torch, net, x, net.model[-2])
+  ref, ref_features = _torch_run(net, x, net.model[-2])
   denoised, aux = model.apply(variables, jnp.asarray(x), train=False)
-  _assert_close(denoised, ref, 1e-4)
-  _assert_close(aux["residual"], x - ref, 1e-4)
-  _assert_close(aux["features"], ref_features, 1e-4)
+  assert_close(denoised, ref, 1e-4)
+  assert_close(aux["residual"], x - ref, 1e-4)
+  assert_close(aux["features"], ref_features, 1e-4)
   if batch_norm:
     # Training mode: batch statistics, and KAIR's momentum 0.9 (the new batch's weight in torch).
     net.train()
-    ref, _ = _torch_run(torch, net, x, net.model[-2])
+    ref, _ = _torch_run(net, x, net.model[-2])
     (denoised, _), updates = model.apply(variables, jnp.asarray(x), train=True,
                                          mutable=["batch_stats"])
-    _assert_close(denoised, ref, 1e-4)
-    ref_stats = _flat(dncnn.from_kair({k: v.numpy() for k, v in net.state_dict().items()},
-                                      depth=depth, width=width, batch_norm=True)["batch_stats"])
-    for key, value in _flat(updates["batch_stats"]).items():
-      _assert_close(value, ref_stats[key], 1e-4)
+    assert_close(denoised, ref, 1e-4)
+    ref_stats = dncnn.from_kair(numpy_state(net), depth=depth, width=width, batch_norm=True)
+    assert_trees_close(updates["batch_stats"], ref_stats["batch_stats"], 1e-4)

@@ -12,11 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 from safetensors.numpy import save_file
 
 from iab_jax import models
 from iab_jax.models import hrnet
+from tests.models.harness import (abstract, assert_close, assert_each_close, assert_trees_close,
+                                  flat, num_params, numpy_state, randomise_batch_norms,
+                                  torch_forward, training)
 
 # Every code path of the full network at a fraction of its cost: a bottleneck stage 1, a stage of
 # two modules, two blocks on one branch, a width-changing transition on an existing branch and
@@ -53,19 +55,6 @@ def random_state(arch=TINY, num_classes=10, seed=0):
   return state
 
 
-def init(model):
-  # The rbg generator: XLA compiles ~300 threefry initialisers several times slower on CPU.
-  return model.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, 64, 64, 3)), train=False)
-
-
-def abstract_init(model):
-  return jax.eval_shape(lambda: init(model))
-
-
-def _flat(tree):
-  return traverse_util.flatten_dict(tree)
-
-
 @pytest.fixture(scope="module")
 def tiny():
   """The tiny model with random weights in timm's layout: forwards need no (slow) init."""
@@ -82,11 +71,9 @@ def test_registry_finds_hrnet():
 
 def test_parameter_counts_are_timms():
   def count(**kw):
-    model = hrnet.Model(**kw)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
-                                               train=False))
+    shapes = abstract(hrnet.Model(**kw))
     assert set(shapes) == {"params", "batch_stats"}
-    return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+    return num_params(shapes["params"])
 
   # timm's figures (running statistics not counted): hrnet_w18 21.3M, of which the classifier is
   # 2048 * 1000 + 1000; hrnet_w18_small_v2 15.6M.
@@ -108,14 +95,14 @@ def test_outputs_and_aux(tiny):
   # num_classes=0: no classifier, the output is the pooled feature (checked against timm's in
   # test_eval_parity_tiny_alt).
   backbone = hrnet.Model(num_classes=0, **TINY)
-  assert "classifier" not in abstract_init(backbone)["params"]
+  assert "classifier" not in abstract(backbone)["params"]
   features, _ = jax.eval_shape(lambda v: backbone.apply(v, x, train=False), variables)
   assert features.shape == (2, 2048)
 
 
 def test_parameter_names_mirror_timm(tiny):
   model, _ = tiny
-  params = abstract_init(model)["params"]
+  params = abstract(model)["params"]
   assert {"conv1", "bn1", "conv2", "bn2", "layer1_0", "transition1_0", "transition1_1",
           "transition2_1", "transition2_2", "transition3_3", "stage2_0", "stage3_0", "stage3_1",
           "stage4_0", "final_layer", "classifier"} | {
@@ -131,7 +118,7 @@ def test_parameter_names_mirror_timm(tiny):
 
 def test_initialisers_are_timms(tiny):
   model, _ = tiny
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(abstract_init(model)))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(abstract(model)))
   # On the building blocks: a whole model's ~300 initialisers take XLA ~10 s to compile on CPU.
   key = jax.random.key(0, impl="rbg")
   down = hrnet.ConvBN(1024, 3, 2, use_bias=True).init(key, jnp.zeros((1, 4, 4, 512)), train=False)
@@ -225,7 +212,7 @@ def test_from_timm_maps_and_transposes():
 
 @pytest.mark.parametrize("arch", [TINY, TINY_ALT], ids=["tiny", "tiny_alt"])
 def test_from_timm_matches_the_models_tree(arch):
-  shapes = abstract_init(hrnet.Model(num_classes=10, **arch))
+  shapes = abstract(hrnet.Model(num_classes=10, **arch))
   converted = hrnet.from_timm(random_state(arch), **arch)
   assert jax.tree.map(np.shape, converted) == jax.tree.map(np.shape, shapes)
 
@@ -265,13 +252,12 @@ def test_load_pretrained_same_head_and_abstract_targets(tmp_path, tiny):
   path = tmp_path / "model.safetensors"
   state = random_state(seed=1)
   save_file(state, str(path))
-  expected = _flat(hrnet.from_timm(state, **TINY))
+  expected = flat(hrnet.from_timm(state, **TINY))
   loaded = hrnet.load_pretrained(fresh, path, **TINY)
   assert jax.tree.structure(loaded) == jax.tree.structure(fresh)
-  for key, value in _flat(loaded).items():
+  for key, value in flat(loaded).items():
     np.testing.assert_array_equal(value, expected[key], err_msg=str(key))
-  abstract = abstract_init(model)
-  for key, value in _flat(hrnet.load_pretrained(abstract, str(path), **TINY)).items():
+  for key, value in flat(hrnet.load_pretrained(abstract(model), str(path), **TINY)).items():
     np.testing.assert_array_equal(value, expected[key], err_msg=str(key))
 
 
@@ -280,11 +266,11 @@ def test_load_pretrained_keeps_a_fresh_head_of_another_size(tmp_path, tiny):
   path = tmp_path / "imagenet.safetensors"
   state = random_state(num_classes=1000, seed=1)
   save_file(state, str(path))
-  expected = _flat(hrnet.from_timm(state, **TINY))
-  loaded = _flat(hrnet.load_pretrained(fresh, path, **TINY))
+  expected = flat(hrnet.from_timm(state, **TINY))
+  loaded = flat(hrnet.load_pretrained(fresh, path, **TINY))
   for key, value in loaded.items():
     if key[:2] == ("params", "classifier"):
-      np.testing.assert_array_equal(value, _flat(fresh)[key])
+      np.testing.assert_array_equal(value, flat(fresh)[key])
       assert value.shape[-1] == 10
     else:
       np.testing.assert_array_equal(value, expected[key], err_msg=str(key))
@@ -346,58 +332,14 @@ def _timm_cfg(arch):
   return cfg
 
 
-def _randomised(torch, net, calibration):
-  """net with random BN affine params and running statistics of the scale of real activations."""
-  bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-  with torch.no_grad():
-    for bn in bns:
-      bn.weight.uniform_(0.5, 1.5)
-      bn.bias.normal_(0.0, 0.2)
-      bn.momentum = 1.0  # running statistics := one batch's
-    net.train()
-    net(calibration)
-    for bn in bns:
-      bn.momentum = 0.1
-      bn.running_mean.add_(0.1 * torch.randn_like(bn.running_mean))
-      bn.running_var.mul_(torch.empty_like(bn.running_var).uniform_(0.7, 1.3))
-  return net.eval()
-
-
-def _state(net):
-  return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-
-
-def _torch_forward(torch, net, x_nhwc):
-  """timm's logits, pooled feature and last-stage branch outputs (NHWC)."""
-  got = {}
-  hooks = [net.global_pool.register_forward_hook(lambda m, i, o: got.update(features=o)),
-           net.stage4.register_forward_hook(lambda m, i, o: got.update(stages=list(o)))]
-  try:
-    with torch.no_grad():
-      logits = net(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
-  finally:
-    for hook in hooks:
-      hook.remove()
-  return (logits.numpy(), got["features"].numpy(),
-          [s.numpy().transpose(0, 2, 3, 1) for s in got["stages"]])
-
-
-def _assert_close(actual, expected, rel):
-  """Max abs difference within `rel` of the reference's magnitude; returns the ratio."""
-  ratio = float(np.abs(np.asarray(actual, np.float32) - expected).max() / np.abs(expected).max())
-  assert ratio <= rel, f"max abs diff {ratio:.2e} of the magnitude {np.abs(expected).max():.3g}"
-  return ratio
-
-
-def _check_parity(torch, net, model, variables, x, rel=1e-4):
-  ref_logits, ref_features, ref_stages = _torch_forward(torch, net, x)
+def _check_parity(net, model, variables, x, rel=1e-4):
+  """Our logits, pooled feature and four last-stage branches against timm's."""
+  ref_logits, ref = torch_forward(net, x, {"features": net.global_pool, "stages": net.stage4})
   out, aux = model.apply(variables, jnp.asarray(x), train=False)
-  _assert_close(out, ref_logits, rel)
-  _assert_close(aux["features"], ref_features, rel)
-  assert len(aux["stages"]) == len(ref_stages) == 4
-  for ours, ref in zip(aux["stages"], ref_stages):
-    assert ours.shape == ref.shape
-    _assert_close(ours, ref, rel)
+  assert_close(out, ref_logits, rel)
+  assert_close(aux["features"], ref["features"], rel)
+  assert len(aux["stages"]) == 4
+  assert_each_close(aux["stages"], ref["stages"], rel)
 
 
 @pytest.fixture(scope="module")
@@ -407,9 +349,9 @@ def tiny_pair():
 
   torch.manual_seed(0)
   net = timm.models.hrnet.HighResolutionNet(_timm_cfg(TINY), num_classes=10)
-  _randomised(torch, net, torch.randn(4, 3, 64, 64))
+  randomise_batch_norms(net, torch.randn(4, 3, 64, 64))
   model = hrnet.Model(num_classes=10, **hrnet.arch_from_timm_cfg(_timm_cfg(TINY)))
-  return torch, net, model
+  return net, model
 
 
 def test_arch_from_timm_cfg():
@@ -442,10 +384,10 @@ def test_state_helper_matches_timm(arch):
 
 
 def test_eval_parity_tiny(tiny_pair):
-  torch, net, model = tiny_pair
-  variables = hrnet.from_timm(_state(net), num_classes=10, **TINY)
+  net, model = tiny_pair
+  variables = hrnet.from_timm(numpy_state(net), num_classes=10, **TINY)
   x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
-  _check_parity(torch, net, model, variables, x)
+  _check_parity(net, model, variables, x)
 
 
 def test_eval_parity_tiny_alt():
@@ -455,32 +397,27 @@ def test_eval_parity_tiny_alt():
   torch.manual_seed(1)
   net = timm.models.hrnet.HighResolutionNet(_timm_cfg(TINY_ALT), num_classes=0,
                                             head_conv_bias=False)
-  _randomised(torch, net, torch.randn(4, 3, 64, 64))
+  randomise_batch_norms(net, torch.randn(4, 3, 64, 64))
   model = hrnet.Model(num_classes=0, **TINY_ALT)
-  variables = hrnet.from_timm(_state(net), num_classes=0, **TINY_ALT)
+  variables = hrnet.from_timm(numpy_state(net), num_classes=0, **TINY_ALT)
   x = np.random.default_rng(1).standard_normal((2, 64, 64, 3)).astype(np.float32)
-  _check_parity(torch, net, model, variables, x)
+  _check_parity(net, model, variables, x)
 
 
 def test_train_parity_tiny(tiny_pair):
-  torch, net, model = tiny_pair
-  state = _state(net)
+  net, model = tiny_pair
+  state = numpy_state(net)
   variables = hrnet.from_timm(state, num_classes=10, **TINY)
   x = np.random.default_rng(5).standard_normal((2, 64, 64, 3)).astype(np.float32)
-  net.train()
-  try:
-    ref_logits, _, _ = _torch_forward(torch, net, x)
-    ref_state = _state(net)
-  finally:
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    net.eval()
+  with training(net, state):
+    ref_logits, _ = torch_forward(net, x)
+    ref_state = numpy_state(net)
   (logits, _), updates = model.apply(variables, jnp.asarray(x), train=True,
                                      mutable=["batch_stats"])
-  _assert_close(logits, ref_logits, 1e-4)
+  assert_close(logits, ref_logits, 1e-4)
   # torch's update: 0.9 * old + 0.1 * batch statistic, the variance unbiased.
-  ref_stats = _flat(hrnet.from_timm(ref_state, **TINY)["batch_stats"])
-  for key, value in _flat(updates["batch_stats"]).items():
-    _assert_close(value, ref_stats[key], 1e-4)
+  assert_trees_close(updates["batch_stats"], hrnet.from_timm(ref_state, **TINY)["batch_stats"],
+                     1e-4)
 
 
 def test_eval_parity_full_hrnet_w18():
@@ -488,11 +425,11 @@ def test_eval_parity_full_hrnet_w18():
   import torch
 
   torch.manual_seed(2)
-  net = _randomised(torch, timm.create_model("hrnet_w18", pretrained=False),
-                    torch.randn(2, 3, 64, 64))
-  state = _state(net)
+  net = randomise_batch_norms(timm.create_model("hrnet_w18", pretrained=False),
+                              torch.randn(2, 3, 64, 64))
+  state = numpy_state(net)
   model = hrnet.Model(num_classes=1000)
   variables = hrnet.from_timm(state, num_classes=1000)
   assert sum(p.numel() for p in net.parameters()) == W18_PARAMS
   x = np.random.default_rng(2).standard_normal((1, 64, 64, 3)).astype(np.float32)
-  _check_parity(torch, net, model, variables, x)
+  _check_parity(net, model, variables, x)

@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 
 from iab_jax.models import lpips as jl
 from iab_jax.models import alexnet, vgg
+from tests.models.harness import assert_close, assert_each_close, nchw, numpy_state
 
 LIN_SHAPES = {"vgg": (64, 128, 256, 512, 512), "alex": (64, 192, 384, 256, 256)}
 BACKBONE_PARAMS = {"vgg": 14_714_688, "alex": 2_469_696}  # torchvision's `features`
@@ -51,14 +52,6 @@ def backbone_state(net, seed=0, prefix="features."):
     state[f"{prefix}{index}.weight"] = rng.standard_normal((cout, cin, k, k), dtype=np.float32)
     state[f"{prefix}{index}.bias"] = rng.standard_normal((cout,), dtype=np.float32)
   return state
-
-
-def _assert_close(actual, expected, rel):
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape
-  ratio = float(np.abs(actual - expected).max() / np.abs(expected).max())
-  assert ratio <= rel, f"max abs diff {ratio:.2e} of the magnitude {np.abs(expected).max():.3g}"
-  return ratio
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +193,7 @@ def reference(request):
   path = os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", f"{net}.pth")
   lin = {k: v.numpy() for k, v in
          torch.load(path, map_location="cpu", weights_only=True).items()}
-  state = {k: v.numpy() for k, v in ref.state_dict().items()}
+  state = numpy_state(ref)
   for key, value in lin.items():  # the reference did load them
     np.testing.assert_array_equal(state[key], value)
   backbone = {k: v for k, v in state.items() if k.startswith("net.")}
@@ -230,18 +223,16 @@ def test_parity_with_the_lpips_package(reference, hw):
   # Pairs from near-identical to unrelated.
   noise = rng.uniform(-1, 1, x.shape).astype(np.float32)
   y = np.clip(x + np.array([0.05, 0.5, 2.0], np.float32)[:, None, None, None] * noise, -1, 1)
-  to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
   with torch.no_grad():
-    expected = ref(to_torch(x), to_torch(y)).numpy().reshape(-1)
-    ref_stages = ref.net(ref.scaling_layer(to_torch(x)))
+    expected = ref(nchw(x), nchw(y)).numpy().reshape(-1)
+    ref_stages = ref.net(ref.scaling_layer(nchw(x)))
   got = jax.jit(jl.LPIPS(net=net).apply)(variables, jnp.asarray(x), jnp.asarray(y))
-  _assert_close(got, expected, 1e-4)
+  assert_close(got, expected, 1e-4)
   assert np.all(np.diff(expected) > 0)  # the pairs do span a range of distances
 
   # The backbone's five features on the scaled input.
   features = vgg.Features() if net == "vgg" else alexnet.Features()
   _, stages = features.apply({"params": variables["params"]["features"]},
                              (jnp.asarray(x) - jl.SHIFT) / jl.SCALE)
-  assert len(stages) == len(ref_stages) == 5
-  for mine, theirs in zip(stages, ref_stages):
-    _assert_close(mine, theirs.numpy().transpose(0, 2, 3, 1), 1e-4)
+  assert len(stages) == 5
+  assert_each_close(stages, [t.numpy().transpose(0, 2, 3, 1) for t in ref_stages], 1e-4)

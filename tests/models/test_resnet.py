@@ -6,15 +6,21 @@ state dicts written here with torchvision's key names and shapes.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 from safetensors.numpy import save_file
 
 from iab_jax import models
 from iab_jax.models import resnet
+from tests.models import harness
+from tests.models.harness import (assert_close, assert_leaves_equal, assert_trees_close,
+                                  batch_norm_shapes, bottleneck_shapes, flat, num_params,
+                                  numpy_state, random_state_dict, randomise_batch_norms,
+                                  torch_forward, training)
 
 TINY = dict(stage_sizes=(1, 1, 1, 1), width=8)  # the same code paths at a fraction of the cost
 
@@ -24,48 +30,17 @@ def torchvision_state(stage_sizes=(3, 4, 6, 3), width=64, num_classes=1000, seed
 
   Deliberately not derived from resnet.py's own key table, so a naming slip there shows up here.
   """
-  rng = np.random.default_rng(seed)
   shapes = {"conv1.weight": (width, 3, 7, 7), "bn1.num_batches_tracked": ()}
-
-  def bn(prefix, c):
-    for field in ("weight", "bias", "running_mean", "running_var"):
-      shapes[f"{prefix}.{field}"] = (c,)
-    shapes[f"{prefix}.num_batches_tracked"] = ()
-
-  bn("bn1", width)
-  inplanes = width
-  for i, n in enumerate(stage_sizes):
-    planes = width * 2**i
-    for j in range(n):
-      p = f"layer{i + 1}.{j}"
-      shapes[f"{p}.conv1.weight"] = (planes, inplanes, 1, 1)
-      bn(f"{p}.bn1", planes)
-      shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
-      bn(f"{p}.bn2", planes)
-      shapes[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
-      bn(f"{p}.bn3", planes * 4)
-      if j == 0:
-        shapes[f"{p}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
-        bn(f"{p}.downsample.1", planes * 4)
-      inplanes = planes * 4
-  shapes["fc.weight"] = (num_classes, inplanes)
+  shapes.update(batch_norm_shapes("bn1", width))
+  stages, channels = bottleneck_shapes("", stage_sizes, width)
+  shapes.update(stages)
+  shapes["fc.weight"] = (num_classes, channels)
   shapes["fc.bias"] = (num_classes,)
-
-  state = {}
-  for k, shape in shapes.items():
-    if k.endswith("num_batches_tracked"):
-      state[k] = np.array(7, np.int64)
-    elif k.endswith("running_var"):
-      state[k] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-    else:
-      state[k] = rng.standard_normal(shape).astype(np.float32)
-  return state
+  return random_state_dict(shapes, seed)
 
 
-def init(model):
-  # Eager, with the rbg generator: on CPU, compiling threefry for every kernel of a jitted init
-  # costs seconds per model, while eager ops are compiled once per shape and shared by the tests.
-  return model.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, 32, 32, 3)), train=False)
+# Eager: its ops compile once per shape and every ResNet configuration here shares them.
+init = functools.partial(harness.init, hw=(32, 32))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +62,7 @@ def test_registry_finds_resnet():
 def test_parameter_count_is_torchvisions(resnet50):
   _, variables = resnet50
   # torchvision's documented figure for resnet50: 25,557,032 (running statistics not counted).
-  assert sum(x.size for x in jax.tree.leaves(variables["params"])) == 25_557_032
+  assert num_params(variables["params"]) == 25_557_032
   assert set(variables) == {"params", "batch_stats"}
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
 
@@ -250,10 +225,6 @@ def test_from_torchvision_rejects_wrong_ranks_and_classes():
     resnet.from_torchvision(torchvision_state(**TINY), stage_sizes=(1, 1, 1, 1), num_classes=7)
 
 
-def _flat(tree):
-  return traverse_util.flatten_dict(tree)
-
-
 def test_load_pretrained_same_head(tmp_path):
   path = tmp_path / "model.safetensors"
   state = torchvision_state(**TINY, num_classes=10)
@@ -263,13 +234,10 @@ def test_load_pretrained_same_head(tmp_path):
   loaded = resnet.load_pretrained(fresh, path)
   expected = resnet.from_torchvision(state, stage_sizes=TINY["stage_sizes"])
   assert jax.tree.structure(loaded) == jax.tree.structure(fresh)
-  for key, value in _flat(expected).items():
-    np.testing.assert_array_equal(_flat(loaded)[key], value, err_msg=str(key))
+  assert_leaves_equal(loaded, expected)
   # Abstract targets (jax.eval_shape, no init) load the same.
   abstract = jax.eval_shape(lambda: init(model))
-  from_abstract = resnet.load_pretrained(abstract, str(path))
-  for key, value in _flat(expected).items():
-    np.testing.assert_array_equal(_flat(from_abstract)[key], value, err_msg=str(key))
+  assert_leaves_equal(resnet.load_pretrained(abstract, str(path)), expected)
 
 
 def test_load_pretrained_keeps_a_fresh_head_of_another_size(tmp_path):
@@ -278,10 +246,10 @@ def test_load_pretrained_keeps_a_fresh_head_of_another_size(tmp_path):
   save_file(state, str(path))
   fresh = init(resnet.Model(num_classes=7, **TINY))
   loaded = resnet.load_pretrained(fresh, path)
-  expected = _flat(resnet.from_torchvision(state, stage_sizes=TINY["stage_sizes"]))
-  for key, value in _flat(loaded).items():
+  expected = flat(resnet.from_torchvision(state, stage_sizes=TINY["stage_sizes"]))
+  for key, value in flat(loaded).items():
     if key[:2] == ("params", "fc"):
-      np.testing.assert_array_equal(value, _flat(fresh)[key])
+      np.testing.assert_array_equal(value, flat(fresh)[key])
       assert value.shape[-1] == 7
     else:
       np.testing.assert_array_equal(value, expected[key], err_msg=str(key))
@@ -321,80 +289,40 @@ def torch_pair(resnet50, tmp_path_factory):
   torchvision = pytest.importorskip(
       "torchvision", reason="torchvision is needed for the parity tests against torchvision")
   torch.manual_seed(0)
-  net = torchvision.models.resnet50(weights=None)
-  bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-  with torch.no_grad():
-    for bn in bns:
-      bn.weight.uniform_(0.5, 1.5)
-      bn.bias.normal_(0.0, 0.2)
-    # Running statistics from one batch (momentum 1 copies it), then perturbed: random yet of the
-    # scale of real activations, so the eval-mode features neither vanish nor explode.
-    for bn in bns:
-      bn.momentum = 1.0
-    net.train()
-    net(torch.randn(4, 3, 96, 96))
-    for bn in bns:
-      bn.momentum = 0.1
-      bn.running_mean.add_(0.1 * torch.randn_like(bn.running_mean))
-      bn.running_var.mul_(torch.empty_like(bn.running_var).uniform_(0.7, 1.3))
-  net.eval()
-  state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+  net = randomise_batch_norms(torchvision.models.resnet50(weights=None), (4, 3, 96, 96))
+  state = numpy_state(net)
   path = tmp_path_factory.mktemp("torchvision") / "resnet50.safetensors"
   save_file(state, str(path))
   model, fresh = resnet50
-  return torch, net, state, model, resnet.load_pretrained(fresh, path)
-
-
-def _torch_forward(torch, net, x_nhwc):
-  pooled = {}
-  hook = net.avgpool.register_forward_hook(lambda m, i, o: pooled.update(f=o.flatten(1)))
-  try:
-    with torch.no_grad():
-      logits = net(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
-  finally:
-    hook.remove()
-  return logits.numpy(), pooled["f"].numpy()
-
-
-def _assert_close(actual, expected, rel):
-  """Max abs difference within `rel` of the reference's magnitude; returns the ratio."""
-  ratio = float(np.abs(np.asarray(actual) - expected).max() / np.abs(expected).max())
-  assert ratio <= rel, f"max abs diff {ratio:.2e} of the magnitude {np.abs(expected).max():.3g}"
-  return ratio
+  return net, state, model, resnet.load_pretrained(fresh, path)
 
 
 def test_torchvision_state_helper_matches_torchvision(torch_pair):
-  _, _, state, _, _ = torch_pair
+  _, state, _, _ = torch_pair
   mine = torchvision_state()
   assert {k: np.shape(v) for k, v in mine.items()} == {k: v.shape for k, v in state.items()}
 
 
 @pytest.mark.parametrize("hw", [(224, 224), (97, 131)])
 def test_eval_parity_with_torchvision(torch_pair, hw):
-  torch, net, _, model, variables = torch_pair
+  net, _, model, variables = torch_pair
   net.eval()
   x = np.random.default_rng(hw[0]).standard_normal((2, *hw, 3)).astype(np.float32)
-  ref_logits, ref_features = _torch_forward(torch, net, x)
+  ref_logits, ref = torch_forward(net, x, {"avgpool": net.avgpool})
   logits, aux = model.apply(variables, jnp.asarray(x), train=False)
-  _assert_close(logits, ref_logits, 1e-4)
-  _assert_close(aux["features"], ref_features, 1e-4)
+  assert_close(logits, ref_logits, 1e-4)
+  assert_close(aux["features"], ref["avgpool"].reshape(2, -1), 1e-4)
 
 
 def test_train_parity_with_torchvision(torch_pair):
-  torch, net, state, model, variables = torch_pair
+  net, state, model, variables = torch_pair
   x = np.random.default_rng(5).standard_normal((2, 96, 96, 3)).astype(np.float32)
-  net.train()
-  try:
-    ref_logits, _ = _torch_forward(torch, net, x)
-    ref_state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-  finally:
-    # The module-scoped torch model goes back to its loaded state for the other tests.
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    net.eval()
+  with training(net, state):  # then back to the loaded state for the other tests
+    ref_logits, _ = torch_forward(net, x)
+    ref_state = numpy_state(net)
   (logits, _), updates = model.apply(variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
   # Batch statistics over 2 x 3 x 3 positions in layer4 amplify rounding more than eval mode does.
-  _assert_close(logits, ref_logits, 2e-4)
+  assert_close(logits, ref_logits, 2e-4)
   # torch updates the running variance with the unbiased batch variance; so must we.
-  ref_stats = _flat(resnet.from_torchvision(ref_state)["batch_stats"])
-  for key, value in _flat(updates["batch_stats"]).items():
-    _assert_close(value, ref_stats[key], 1e-4)
+  assert_trees_close(updates["batch_stats"], resnet.from_torchvision(ref_state)["batch_stats"],
+                     1e-4)

@@ -8,15 +8,19 @@ written here with torchvision's key names and shapes.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 from safetensors.numpy import save_file
 
 from iab_jax import models
 from iab_jax.models import alexnet, vgg
+from tests.models import harness
+from tests.models.harness import (abstract, assert_close, assert_each_close, flat, nchw,
+                                  num_params, numpy_state, torch_forward)
 
 # The same code paths as VGG-16 at a fraction of the cost: five stages, a 2-conv stage, a 7x7 pool.
 TINY = dict(stages=((8, 8), (16,), (16,), (16,), (16,)), hidden=32)
@@ -59,9 +63,7 @@ def alexnet_state(num_classes=1000, seed=0, random=True):
   return _tensors(shapes, 0.05, seed, random)
 
 
-def init(model, hw=(32, 32)):
-  # Eager, with the rbg generator: cheap on CPU (see test_resnet.py).
-  return model.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, *hw, 3)), train=False)
+init = functools.partial(harness.init, hw=(32, 32))
 
 
 @pytest.fixture(scope="module")
@@ -73,24 +75,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def tiny_alexnet():
   model = alexnet.Model(num_classes=5, hidden=32)
-  return model, init(model, (67, 67))
-
-
-def count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def _flat(tree):
-  return traverse_util.flatten_dict(tree)
-
-
-def _assert_close(actual, expected, rel):
-  """Max abs difference within `rel` of the reference's magnitude; returns the ratio."""
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape
-  ratio = float(np.abs(actual - expected).max() / np.abs(expected).max())
-  assert ratio <= rel, f"max abs diff {ratio:.2e} of the magnitude {np.abs(expected).max():.3g}"
-  return ratio
+  return model, init(model, hw=(67, 67))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,16 +87,16 @@ def test_registry_finds_both():
 
 
 def test_parameter_counts_are_torchvisions():
-  shapes = jax.eval_shape(lambda: init(vgg.Model(num_classes=1000), (224, 224)))
-  assert set(shapes) == {"params"} and count(shapes) == VGG16_PARAMS
-  no_head = jax.eval_shape(lambda: init(vgg.Model(num_classes=0), (224, 224)))
-  assert "fc8" not in no_head["params"] and count(no_head) == VGG16_PARAMS - 4096 * 1000 - 1000
-  shapes = jax.eval_shape(lambda: init(alexnet.Model(num_classes=1000), (224, 224)))
-  assert count(shapes) == ALEXNET_PARAMS
+  shapes = abstract(vgg.Model(num_classes=1000), (224, 224))
+  assert set(shapes) == {"params"} and num_params(shapes) == VGG16_PARAMS
+  no_head = abstract(vgg.Model(num_classes=0), (224, 224))
+  assert "fc8" not in no_head["params"] and num_params(no_head) == VGG16_PARAMS - 4096 * 1000 - 1000
+  shapes = abstract(alexnet.Model(num_classes=1000), (224, 224))
+  assert num_params(shapes) == ALEXNET_PARAMS
 
 
 def test_parameter_names_and_shapes():
-  params = jax.eval_shape(lambda: init(vgg.Model(num_classes=1000), (224, 224)))["params"]
+  params = abstract(vgg.Model(num_classes=1000), (224, 224))["params"]
   assert sorted(params) == ["fc6", "fc7", "fc8", "features"]
   assert sorted(params["features"]) == sorted(
       f"conv{i}_{j}" for i, n in enumerate((2, 2, 3, 3, 3), 1) for j in range(1, n + 1))
@@ -119,7 +104,7 @@ def test_parameter_names_and_shapes():
   assert params["fc6"]["kernel"].shape == (7 * 7 * 512, 4096)
   assert vgg.STAGE_NAMES == ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
   assert vgg.stages_of(params["features"]) == vgg.VGG16_STAGES
-  params = jax.eval_shape(lambda: init(alexnet.Model(num_classes=1000), (224, 224)))["params"]
+  params = abstract(alexnet.Model(num_classes=1000), (224, 224))["params"]
   assert sorted(params["features"]) == [f"conv{i}" for i in range(1, 6)]
   assert params["features"]["conv1"]["kernel"].shape == (11, 11, 3, 64)
   assert params["fc6"]["kernel"].shape == (6 * 6 * 256, 4096)
@@ -204,7 +189,7 @@ def test_bfloat16_compute(tiny):
 def test_adaptive_avg_pool_is_torchs(hw, size):
   torch = pytest.importorskip("torch")
   x = np.random.default_rng(0).standard_normal((2, *hw, 4)).astype(np.float32)
-  ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), size)
+  ref = torch.nn.functional.adaptive_avg_pool2d(nchw(x), size)
   out = vgg.adaptive_avg_pool(jnp.asarray(x), size)
   np.testing.assert_allclose(out, ref.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
 
@@ -233,10 +218,10 @@ def test_from_torchvision_maps_transposes_and_permutes_fc6():
 
 
 def test_from_torchvision_matches_the_models_tree():
-  shapes = jax.eval_shape(lambda: init(vgg.Model(num_classes=1000), (224, 224)))
+  shapes = abstract(vgg.Model(num_classes=1000), (224, 224))
   converted = vgg.from_torchvision(vgg_state(random=False))
   assert jax.tree.map(np.shape, converted) == jax.tree.map(np.shape, shapes)
-  shapes = jax.eval_shape(lambda: init(alexnet.Model(num_classes=1000), (224, 224)))
+  shapes = abstract(alexnet.Model(num_classes=1000), (224, 224))
   converted = alexnet.from_torchvision(alexnet_state(random=False))
   assert jax.tree.map(np.shape, converted) == jax.tree.map(np.shape, shapes)
 
@@ -292,9 +277,9 @@ def timm_layout(state):
 
 def test_from_timm_inverts_timms_filter():
   state = vgg_state(**TINY)
-  expected = _flat(vgg.from_torchvision(state, stages=TINY["stages"]))
+  expected = flat(vgg.from_torchvision(state, stages=TINY["stages"]))
   for layout in (timm_layout(state),):
-    got = _flat(vgg.from_timm(layout, stages=TINY["stages"]))
+    got = flat(vgg.from_timm(layout, stages=TINY["stages"]))
     assert got.keys() == expected.keys()
     for key in expected:
       np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
@@ -322,26 +307,25 @@ def test_timm_layout_is_timms():
 
 def test_vgg_load_pretrained(tmp_path):
   state = vgg_state(**TINY, num_classes=10)
-  expected = _flat(vgg.from_torchvision(state, stages=TINY["stages"]))
+  expected = flat(vgg.from_torchvision(state, stages=TINY["stages"]))
   tv, timm_file = tmp_path / "tv.safetensors", tmp_path / "timm.safetensors"
   save_file(state, str(tv))
   save_file(timm_layout(state), str(timm_file))
   model = vgg.Model(num_classes=10, **TINY)
   fresh = init(model)
   for path in (tv, timm_file):
-    loaded = _flat(vgg.load_pretrained(fresh, path))
+    loaded = flat(vgg.load_pretrained(fresh, path))
     assert loaded.keys() == expected.keys()
     for key, value in expected.items():
       np.testing.assert_array_equal(loaded[key], value, err_msg=str(key))
-  abstract = jax.eval_shape(lambda: init(model))
-  loaded = _flat(vgg.load_pretrained(abstract, str(tv)))
+  loaded = flat(vgg.load_pretrained(abstract(model, (32, 32)), str(tv)))
   np.testing.assert_array_equal(loaded[("params", "fc6", "kernel")],
                                 expected[("params", "fc6", "kernel")])
   # A head of another size stays fresh; a model without one drops the file's.
   fresh7 = init(vgg.Model(num_classes=7, **TINY))
-  loaded = _flat(vgg.load_pretrained(fresh7, tv))
+  loaded = flat(vgg.load_pretrained(fresh7, tv))
   for key, value in loaded.items():
-    want = _flat(fresh7)[key] if key[1] == "fc8" else expected[key]
+    want = flat(fresh7)[key] if key[1] == "fc8" else expected[key]
     np.testing.assert_array_equal(value, want, err_msg=str(key))
   loaded = vgg.load_pretrained(init(vgg.Model(num_classes=0, **TINY)), tv)
   assert "fc8" not in loaded["params"]
@@ -368,18 +352,18 @@ def test_alexnet_load_pretrained(tmp_path):
            for k, v in alexnet_state(num_classes=1000, random=False).items()}
   state["classifier.4.weight"][5, 7] = 3.0
   save_file(state, str(path))
-  expected = _flat(alexnet.from_torchvision(state))
-  abstract = jax.eval_shape(lambda: init(alexnet.Model(num_classes=3), (224, 224)))
+  expected = flat(alexnet.from_torchvision(state))
+  target = abstract(alexnet.Model(num_classes=3), (224, 224))
   fresh_head = {"kernel": jnp.zeros((4096, 3)), "bias": jnp.ones(3)}
-  abstract["params"]["fc8"] = fresh_head
-  loaded = _flat(alexnet.load_pretrained(abstract, path))
+  target["params"]["fc8"] = fresh_head
+  loaded = flat(alexnet.load_pretrained(target, path))
   for key, value in loaded.items():
     if key[1] == "fc8":
-      np.testing.assert_array_equal(value, _flat({"params": {"fc8": fresh_head}})[key])
+      np.testing.assert_array_equal(value, flat({"params": {"fc8": fresh_head}})[key])
     else:
       np.testing.assert_array_equal(value, expected[key], err_msg=str(key))
   with pytest.raises(FileNotFoundError, match=r"alexnet-owt-7be5be79\.pth"):
-    alexnet.load_pretrained(abstract, tmp_path / "missing.safetensors")
+    alexnet.load_pretrained(target, tmp_path / "missing.safetensors")
 
 
 def test_checkpoints_entries():
@@ -395,44 +379,40 @@ def test_checkpoints_entries():
 # Parity with torchvision itself.
 
 
-def _randomise(torch, net):
-  """Non-zero biases and classifier weights of the scale of the convs' (torchvision's are 0.01)."""
+def _torchvision_net(name, seed, expected_params):
+  """torchvision's `name` in eval mode, randomised: non-zero biases and classifier weights of the
+  scale of the convs' (torchvision's are 0.01)."""
+  torch = pytest.importorskip("torch")
+  torchvision = pytest.importorskip(
+      "torchvision", reason="torchvision is needed for the parity tests against torchvision")
+  torch.manual_seed(seed)
+  net = getattr(torchvision.models, name)(weights=None)
   with torch.no_grad():
     for m in net.modules():
       if isinstance(m, torch.nn.Linear):
         m.weight.normal_(0.0, 1.0 / m.in_features ** 0.5)
       if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
         m.bias.normal_(0.0, 0.1)
+  assert sum(p.numel() for p in net.parameters()) == expected_params
   return net.eval()
 
 
-def _torch_forward(torch, net, x, stage_indices, fc7_index):
-  stages, hooks = [], []
-  for i in stage_indices:
-    hooks.append(net.features[i].register_forward_hook(
-        lambda m, a, o: stages.append(o.detach().numpy().transpose(0, 2, 3, 1).copy())))
-  fc7 = {}
-  hooks.append(net.classifier[fc7_index].register_forward_hook(
-      lambda m, a, o: fc7.update(f=o.detach().numpy().copy())))
-  try:
-    with torch.no_grad():
-      logits = net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
-  finally:
-    for h in hooks:
-      h.remove()
-  return logits, fc7["f"], stages
+def _check_parity(net, model, variables, x, stage_relus, fc7_relu):
+  """Our logits, fc7 feature and stages against torchvision's, whose ReLUs at these indices of
+  `features` close the stages and at this index of `classifier` follows fc7."""
+  taps = {i: net.features[i] for i in stage_relus}
+  logits, ref = torch_forward(net, x, {**taps, "fc7": net.classifier[fc7_relu]})
+  out, aux = model.apply(variables, jnp.asarray(x), train=False)
+  assert_close(out, logits, 1e-4)
+  assert_close(aux["features"], ref["fc7"], 1e-4)
+  assert_each_close(aux["stages"], [ref[i] for i in stage_relus], 1e-4)
 
 
 @pytest.fixture(scope="module")
 def torch_vgg16():
-  torch = pytest.importorskip("torch")
-  torchvision = pytest.importorskip(
-      "torchvision", reason="torchvision is needed for the parity tests against torchvision")
-  torch.manual_seed(0)
-  net = _randomise(torch, torchvision.models.vgg16(weights=None))
-  assert sum(p.numel() for p in net.parameters()) == VGG16_PARAMS
-  variables = vgg.from_torchvision({k: v.numpy() for k, v in net.state_dict().items()})
-  return torch, net, jax.tree.map(jnp.asarray, variables)
+  net = _torchvision_net("vgg16", 0, VGG16_PARAMS)
+  variables = vgg.from_torchvision(numpy_state(net))
+  return net, jax.tree.map(jnp.asarray, variables)
 
 
 # The ReLUs closing each stage (relu1_2 ... relu5_3) and the ReLU after fc7.
@@ -441,32 +421,17 @@ _VGG16_STAGE_RELUS, _VGG16_FC7_RELU = (3, 8, 15, 22, 29), 4
 
 @pytest.mark.parametrize("hw", [(224, 224), (100, 150), (45, 67)])
 def test_vgg16_parity_with_torchvision(torch_vgg16, hw):
-  torch, net, variables = torch_vgg16
+  net, variables = torch_vgg16
   x = np.random.default_rng(hw[0]).standard_normal((2 if hw[0] < 224 else 1, *hw, 3))
   x = x.astype(np.float32)
-  logits, fc7, stages = _torch_forward(torch, net, x, _VGG16_STAGE_RELUS, _VGG16_FC7_RELU)
-  out, aux = vgg.Model(num_classes=1000).apply(variables, jnp.asarray(x), train=False)
-  _assert_close(out, logits, 1e-4)
-  _assert_close(aux["features"], fc7, 1e-4)
-  assert len(aux["stages"]) == 5
-  for mine, ref in zip(aux["stages"], stages):
-    _assert_close(mine, ref, 1e-4)
+  _check_parity(net, vgg.Model(num_classes=1000), variables, x, _VGG16_STAGE_RELUS,
+                _VGG16_FC7_RELU)
 
 
 def test_alexnet_parity_with_torchvision():
-  torch = pytest.importorskip("torch")
-  torchvision = pytest.importorskip(
-      "torchvision", reason="torchvision is needed for the parity tests against torchvision")
-  torch.manual_seed(1)
-  net = _randomise(torch, torchvision.models.alexnet(weights=None))
-  assert sum(p.numel() for p in net.parameters()) == ALEXNET_PARAMS
-  variables = alexnet.from_torchvision({k: v.numpy() for k, v in net.state_dict().items()})
+  net = _torchvision_net("alexnet", 1, ALEXNET_PARAMS)
+  variables = alexnet.from_torchvision(numpy_state(net))
   model = alexnet.Model(num_classes=1000)
   for hw in ((224, 224), (67, 95)):
     x = np.random.default_rng(hw[1]).standard_normal((2, *hw, 3)).astype(np.float32)
-    logits, fc7, stages = _torch_forward(torch, net, x, (1, 4, 7, 9, 11), 5)
-    out, aux = model.apply(variables, jnp.asarray(x), train=False)
-    _assert_close(out, logits, 1e-4)
-    _assert_close(aux["features"], fc7, 1e-4)
-    for mine, ref in zip(aux["stages"], stages):
-      _assert_close(mine, ref, 1e-4)
+    _check_parity(net, model, variables, x, (1, 4, 7, 9, 11), 5)

@@ -10,11 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 from safetensors.numpy import save_file
 
 from iab_jax import models
 from iab_jax.models import xception
+from tests.models.harness import (abstract, assert_close, assert_each_close, assert_leaves_equal,
+                                  assert_trees_close, batch_norm_shapes, init, jit_apply,
+                                  num_params, numpy_state, random_state_dict,
+                                  randomise_batch_norms, torch_forward, training)
 
 FULL_PARAMS = 22_855_952  # timm's legacy_xception, num_classes=1000 (running statistics excluded)
 
@@ -27,9 +30,7 @@ def timm_state(num_classes=1000, seed=0, pointwise_2d=False):
   shapes = {}
 
   def bn(prefix, c):
-    for field in ("weight", "bias", "running_mean", "running_var"):
-      shapes[f"{prefix}.{field}"] = (c,)
-    shapes[f"{prefix}.num_batches_tracked"] = ()
+    shapes.update(batch_norm_shapes(prefix, c))
 
   def sep(prefix, c_in, c_out):
     shapes[f"{prefix}.conv1.weight"] = (c_in, 1, 3, 3)
@@ -72,44 +73,14 @@ def timm_state(num_classes=1000, seed=0, pointwise_2d=False):
   if num_classes:
     shapes["fc.weight"] = (num_classes, 2048)
     shapes["fc.bias"] = (num_classes,)
-
-  rng = np.random.default_rng(seed)
-  state = {}
-  for k, shape in shapes.items():
-    if k.endswith("num_batches_tracked"):
-      state[k] = np.array(3, np.int64)
-    elif k.endswith("running_var"):
-      state[k] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-    else:
-      state[k] = rng.standard_normal(shape).astype(np.float32)
-  return state
-
-
-def init(model, hw=(64, 64)):
-  # Jitted, with the rbg generator: on CPU, eager init compiles every op of the deep network one
-  # by one, and threefry's kernels compile slowly.
-  return jax.jit(lambda key: model.init(key, jnp.zeros((1, *hw, 3)), train=False))(
-      jax.random.key(0, impl="rbg"))
-
-
-def jit_apply(model, variables, x, **kw):
-  # One compiled program: cheaper on CPU than compiling every eager op of a deep network.
-  return jax.jit(lambda v, x: model.apply(v, x, **kw))(variables, x)
-
-
-def abstract(model):
-  return jax.eval_shape(lambda: init(model))
-
-
-def _flat(tree):
-  return traverse_util.flatten_dict(tree)
+  return random_state_dict(shapes, seed)
 
 
 @pytest.fixture(scope="module")
 def block2():
   """PatchForensics' backbone: the network up to block 2, freshly initialised."""
   model = xception.Model(num_classes=0, truncate_after="block2")
-  return model, init(model)
+  return model, init(model, jit=True)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +103,7 @@ def test_registry_finds_xception():
 def test_parameter_count_and_names_are_timms():
   variables = abstract(xception.Model(num_classes=1000))
   params = variables["params"]
-  assert sum(x.size for x in jax.tree.leaves(params)) == FULL_PARAMS
+  assert num_params(params) == FULL_PARAMS
   assert set(variables) == {"params", "batch_stats"}
   assert set(params) == {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "fc",
                          *(f"block{i}" for i in range(1, 13))}
@@ -147,7 +118,7 @@ def test_parameter_count_and_names_are_timms():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
   no_head = abstract(xception.Model(num_classes=0))["params"]
   assert "fc" not in no_head
-  assert sum(x.size for x in jax.tree.leaves(no_head)) == FULL_PARAMS - 2048 * 1000 - 1000
+  assert num_params(no_head) == FULL_PARAMS - 2048 * 1000 - 1000
 
 
 def test_truncated_model_builds_only_the_blocks_it_runs(block2):
@@ -167,7 +138,7 @@ def test_truncated_model_builds_only_the_blocks_it_runs(block2):
 def test_truncation_errors():
   x = jnp.zeros((1, 64, 64, 3))
   with pytest.raises(ValueError, match=r"truncate_after='layer2' is not a block.*block1, block2"):
-    init(xception.Model(num_classes=0, truncate_after="layer2"))
+    init(xception.Model(num_classes=0, truncate_after="layer2"), jit=True)
   with pytest.raises(ValueError, match=r"truncated after block2 has no classification head"):
     xception.Model(num_classes=2, truncate_after="block2").init(jax.random.key(0), x, train=False)
 
@@ -263,10 +234,8 @@ def test_from_timm_truncates_and_drops_the_head():
 
 def test_from_timm_takes_2d_pointwise_weights():
   # FaceForensics / DeepfakeBench copies of Cadene's weights store pointwise convs as matrices.
-  flat_pw = xception.from_timm(timm_state(pointwise_2d=True))
-  ref = xception.from_timm(timm_state())
-  for key, value in _flat(ref).items():
-    np.testing.assert_array_equal(_flat(flat_pw)[key], value, err_msg=str(key))
+  assert_leaves_equal(xception.from_timm(timm_state(pointwise_2d=True)),
+                      xception.from_timm(timm_state()))
 
 
 def test_from_timm_reports_keys_shapes_and_classes():
@@ -296,8 +265,7 @@ def test_load_pretrained_same_head(state_file):
   loaded = xception.load_pretrained(abstract(model), path)
   expected = xception.from_timm(state)
   assert jax.tree.structure(loaded) == jax.tree.structure(expected)
-  for key, value in _flat(expected).items():
-    np.testing.assert_array_equal(_flat(loaded)[key], value, err_msg=str(key))
+  assert_leaves_equal(loaded, expected)
 
 
 def test_load_pretrained_keeps_a_fresh_head_of_another_size(state_file):
@@ -350,105 +318,65 @@ def torch_pair(tmp_path_factory):
   torch = pytest.importorskip("torch")
   timm = pytest.importorskip("timm", reason="timm is needed for the parity tests against timm")
   torch.manual_seed(0)
-  net = timm.create_model("legacy_xception", pretrained=False)
-  bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-  with torch.no_grad():
-    for bn in bns:
-      bn.weight.uniform_(0.5, 1.5)
-      bn.bias.normal_(0.0, 0.2)
-      bn.momentum = 1.0  # running statistics of one batch: random, yet of the activations' scale
-    net.train()
-    net(torch.randn(4, 3, 96, 96))
-    for bn in bns:
-      bn.momentum = 0.1
-      bn.running_mean.add_(0.1 * torch.randn_like(bn.running_mean))
-      bn.running_var.mul_(torch.empty_like(bn.running_var).uniform_(0.7, 1.3))
-  net.eval()
-  state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+  net = randomise_batch_norms(timm.create_model("legacy_xception", pretrained=False),
+                              (4, 3, 96, 96))
+  state = numpy_state(net)
   path = tmp_path_factory.mktemp("timm_xception") / "legacy_xception.safetensors"
   save_file(state, str(path))
   model = xception.Model(num_classes=1000)
   variables = xception.load_pretrained(abstract(model), path)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  return torch, net, state, path, variables, apply
+  return net, state, path, variables, apply
 
 
-def _nhwc(a):
-  return (a.transpose(0, 2, 3, 1) if a.ndim == 4 else a).copy()
-
-
-def _torch_forward(torch, net, x_nhwc, taps):
-  """timm's logits and the outputs of the named submodules (NHWC copies)."""
-  out, hooks = {}, []
-  for name in taps:
-    # Copies: act4 is an in-place ReLU that would overwrite bn4's output.
-    hooks.append(net.get_submodule(name).register_forward_hook(
-        lambda m, i, o, name=name: out.update({name: _nhwc(o.detach().numpy())})))
-  try:
-    with torch.no_grad():
-      logits = net(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
-  finally:
-    for h in hooks:
-      h.remove()
-  return logits.numpy(), out
-
-
-def _assert_close(actual, expected, rel):
-  """Max abs difference within `rel` of the reference's magnitude; returns the ratio."""
-  expected = np.asarray(expected)
-  ratio = float(np.abs(np.asarray(actual) - expected).max() / np.abs(expected).max())
-  assert ratio <= rel, f"max abs diff {ratio:.2e} of the magnitude {np.abs(expected).max():.3g}"
-  return ratio
+def _taps(net, names):
+  """timm's submodules by name, for torch_forward (act4, in place, overwrites bn4's output after
+  the hook has copied it)."""
+  return {name: net.get_submodule(name) for name in names}
 
 
 def test_state_helper_matches_timm(torch_pair):
-  _, _, state, *_ = torch_pair
+  _, state, *_ = torch_pair
   assert {k: np.shape(v) for k, v in timm_state().items()} == {
       k: v.shape for k, v in state.items()}
 
 
 def test_eval_parity_with_timm(torch_pair):
-  torch, net, _, _, variables, apply = torch_pair
+  net, _, _, variables, apply = torch_pair
   x = np.random.default_rng(0).standard_normal((2, 96, 96, 3)).astype(np.float32)
-  taps = [f"block{i}" for i in range(1, 13)] + ["bn4", "global_pool"]
-  ref_logits, ref = _torch_forward(torch, net, x, taps)
+  blocks = [f"block{i}" for i in range(1, 13)]
+  ref_logits, ref = torch_forward(net, x, _taps(net, blocks + ["bn4", "global_pool"]))
   logits, aux = apply(variables, jnp.asarray(x))
-  _assert_close(logits, ref_logits, 1e-4)
-  _assert_close(aux["features"], ref["global_pool"].reshape(2, -1), 1e-4)
-  _assert_close(aux["feature_map_preact"], ref["bn4"], 1e-4)
-  for i, stage in enumerate(aux["stages"]):
-    _assert_close(stage, ref[f"block{i + 1}"], 1e-4)
+  assert_close(logits, ref_logits, 1e-4)
+  assert_close(aux["features"], ref["global_pool"].reshape(2, -1), 1e-4)
+  assert_close(aux["feature_map_preact"], ref["bn4"], 1e-4)
+  assert_each_close(aux["stages"], [ref[name] for name in blocks], 1e-4)
   np.testing.assert_allclose(aux["feature_map"], jax.nn.relu(aux["feature_map_preact"]))
 
 
 def test_truncated_parity_with_timm(torch_pair):
-  torch, net, _, path, _, _ = torch_pair
+  net, _, path, _, _ = torch_pair
   model = xception.Model(num_classes=0, truncate_after="block2")
   variables = xception.load_pretrained(abstract(model), path)
   # Odd sizes: the unpadded stem and the padded stride-2 pools round as torch's do.
   x = np.random.default_rng(7).standard_normal((2, 81, 67, 3)).astype(np.float32)
-  _, ref = _torch_forward(torch, net, x, ["block1", "block2"])
+  _, ref = torch_forward(net, x, _taps(net, ["block1", "block2"]))
   out, aux = jit_apply(model, variables, jnp.asarray(x), train=False)
-  _assert_close(out, ref["block2"], 1e-4)
-  _assert_close(aux["stages"][0], ref["block1"], 1e-4)
+  assert_close(out, ref["block2"], 1e-4)
+  assert_close(aux["stages"][0], ref["block1"], 1e-4)
 
 
 def test_train_parity_with_timm(torch_pair):
   """Batch statistics and torch's running-average update, on the layers up to block2."""
-  torch, net, state, path, _, _ = torch_pair
+  net, state, path, _, _ = torch_pair
   model = xception.Model(num_classes=0, truncate_after="block2")
   variables = xception.load_pretrained(abstract(model), path)
   x = np.random.default_rng(8).standard_normal((2, 80, 80, 3)).astype(np.float32)
-  net.train()
-  try:
-    _, ref = _torch_forward(torch, net, x, ["block2"])
-    ref_state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-  finally:
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    net.eval()
+  with training(net, state):
+    _, ref = torch_forward(net, x, _taps(net, ["block2"]))
+    ref_state = numpy_state(net)
   (out, _), updates = jit_apply(model, variables, jnp.asarray(x), train=True,
                                 mutable=["batch_stats"])
-  _assert_close(out, ref["block2"], 1e-4)
-  ref_stats = _flat(xception.from_timm(ref_state, truncate_after="block2")["batch_stats"])
-  for key, value in _flat(updates["batch_stats"]).items():
-    _assert_close(value, ref_stats[key], 1e-4)
+  assert_close(out, ref["block2"], 1e-4)
+  ref_stats = xception.from_timm(ref_state, truncate_after="block2")["batch_stats"]
+  assert_trees_close(updates["batch_stats"], ref_stats, 1e-4)
