@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 
+from data_prep import _cli
 from iab_jax.data import cache, records
 
 
@@ -25,6 +26,11 @@ def main(argv=None) -> int:
   parser.add_argument("--jobs", type=int, default=0, help="processes (0: one per core)")
   parser.add_argument("--quiet", action="store_true")
   args = parser.parse_args(argv)
+  _cli.require_dataset(args.data)
+  try:
+    cache.check_spec(args.spec)
+  except ValueError as e:
+    raise _cli.fail(f"--spec {args.spec}: {e}") from None
   start = time.time()
   built = cache.build(records.Dataset(args.data), args.spec, args.codec, args.out, args.jobs,
                       args.quiet)
@@ -35,4 +41,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(_cli.run(main))

@@ -1,7 +1,7 @@
 """Ingests a download of the benchmark into lossless, checksummed ArrayRecord shards.
 
   python -m data_prep.ingest --src PATH --out PATH [--layout auto|tree|parquet|folders]
-      [--num_workers N --worker_index I] [--merge] [--jobs J]
+      [--group_from dirname|regex:PATTERN] [--num_workers N --worker_index I] [--merge] [--jobs J]
 
 The source is enumerated (data_prep.sources) into a fixed, ordered list of candidates, cut into
 chunks of --chunk_size (data_prep.sample_real hands in a list of its own through run_worker).
@@ -14,14 +14,23 @@ ingest report.
 
 Ingest never dies on a bad file: every candidate is either written or reported with its path and
 reason, and files seen = records written + files skipped. Pixels are decoded once here, fully, to
-catch truncated files; the stored bytes are the original file bytes.
+catch truncated files; the stored bytes are the original file bytes. Odd but decodable files are
+written with a warning: CMYK, 16-bit (grayscale or RGB), alpha, palette, grayscale, a wrong
+extension, an EXIF rotation, and an extreme shape (an aspect ratio above MAX_ASPECT or a side
+under MIN_SIDE pixels, which a square resize or centre crop distorts or mostly throws away).
+
+`--group_from` (folders layout) gives every record a group, e.g. its prompt, for group-disjoint
+splits (`data_prep.split --protocol group`); see data_prep.sources.GroupRule. It is part of the
+plan: a resume with another value is refused.
+
+The report audits shortcuts: file formats per class, and (iab_jax.data.shortcuts) every
+(format, width, height) group whose label mix is far from the dataset's.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import concurrent.futures
 import hashlib
 import io
 import json
@@ -30,12 +39,18 @@ import sys
 import time
 from typing import Any
 
-from data_prep import sources
-from iab_jax.data import generators, records
+from data_prep import _cli, sources
+from iab_jax.data import cache, generators, records, shortcuts
 
 INGEST_DIR = "ingest"
 DEFAULT_MAX_PIXELS = 8192 * 8192
 KNOWN_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+# Extreme shapes: the benchmark's transforms resize to a square (256x256) or resize the short
+# side and crop the centre, so an image more than MAX_ASPECT times wider than high (or higher
+# than wide) is squashed or mostly cropped away, and one with a side under MIN_SIDE pixels is
+# magnified 8x or more: either way little of its generator's trace reaches the model.
+MAX_ASPECT = 10
+MIN_SIDE = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,6 +70,7 @@ def inspect_image(data: bytes, candidate: sources.Candidate, max_pixels: int):
   except Exception as e:
     raise BadImage(f"unreadable image header ({type(e).__name__}: {e})") from None
   fmt, (width, height), mode = img.format, img.size, img.mode
+  sixteen_bit_color = _sixteen_bit_color(img, data)
   if fmt not in KNOWN_FORMATS:
     raise BadImage(f"unsupported format {fmt}")
   if width * height > max_pixels:
@@ -76,13 +92,20 @@ def inspect_image(data: bytes, candidate: sources.Candidate, max_pixels: int):
   if mode == "CMYK":
     warnings.append("CMYK image, converted to RGB on decode")
   elif mode.startswith("I;16") or mode == "I":
-    warnings.append(f"{mode} (16-bit) image, scaled to 8 bits on decode")
+    warnings.append(f"{mode} (16-bit) image, scaled to 8 bits on decode (the official loader "
+                    "clips it to 255 instead: records.decode(sixteen_bit='clip'))")
+  elif sixteen_bit_color:
+    warnings.append(f"16-bit {mode} image, reduced to 8 bits on decode (PIL keeps the high byte "
+                    "of each value)" + (", alpha dropped" if mode == "RGBA" else ""))
   elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
     warnings.append(f"{mode} image with alpha, alpha dropped on decode")
   elif mode == "P":
     warnings.append("palette image, converted to RGB on decode")
   elif mode in ("L", "1"):
     warnings.append(f"grayscale ({mode}) image, converted to RGB on decode")
+  shape = extreme_shape(width, height)
+  if shape:
+    warnings.append(shape)
   orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
   if orientation not in (1, None):
     warnings.append(f"EXIF orientation {orientation} not applied (pixels used as stored, "
@@ -97,6 +120,29 @@ def inspect_image(data: bytes, candidate: sources.Candidate, max_pixels: int):
   fields = dict(width=width, height=height, format=fmt, crop=crop,
                 extra={"mode": mode, "file_size": len(data)})
   return fields, warnings
+
+
+def _sixteen_bit_color(img, data: bytes) -> bool:
+  """Whether an RGB(A) image stores 16 bits per sample (PIL opens it as 8-bit RGB(A))."""
+  if img.mode not in ("RGB", "RGBA"):
+    return False
+  if img.format == "PNG" and data[12:16] == b"IHDR" and len(data) > 24:
+    return data[24] == 16  # the IHDR bit depth
+  return any(";16" in str(tile[3] if len(tile) > 3 else "") for tile in getattr(img, "tile", []))
+
+
+def extreme_shape(width: int, height: int) -> str | None:
+  """The warning for an extreme shape (see MAX_ASPECT and MIN_SIDE), or None."""
+  long, short = max(width, height), min(width, height)
+  reasons = []
+  if long > MAX_ASPECT * short:
+    reasons.append(f"aspect ratio {long / short:.1f}:1 > {MAX_ASPECT}:1")
+  if short < MIN_SIDE:
+    reasons.append(f"a side of {short} px < {MIN_SIDE} px")
+  if not reasons:
+    return None
+  return (f"extreme shape {width}x{height} ({' and '.join(reasons)}): a square resize or centre "
+          "crop distorts it or keeps little of it")
 
 
 class BadImage(Exception):
@@ -126,7 +172,7 @@ def _check(task):
       image=data, key=candidate.key, generator=candidate.generator, label=label,
       levels=generators.family_levels(candidate.generator), semantic=candidate.semantic,
       source=candidate.source, sha256=records.sha256_bytes(data), caption_id=candidate.caption_id,
-      caption=candidate.caption, filename=candidate.filename,
+      caption=candidate.caption, filename=candidate.filename, group=candidate.group,
       **{**fields, "extra": {**candidate.extra, **fields["extra"]}})
   return candidate, record, warnings
 
@@ -217,13 +263,14 @@ def atomic_json(path: str, obj: Any, indent: int | None = None) -> None:
 
 
 def make_plan(src: str, out: str, layout: str, chunk_size: int,
-              enumeration: sources.Enumeration | None = None):
+              enumeration: sources.Enumeration | None = None, group_from: str = ""):
   """Enumerates the source; the first run stores the plan, later runs must find the same one.
 
   A caller with its own candidate list passes it as `enumeration`; `src` and `layout` then only
   name where it came from (data_prep.sample_real: its selection file and "sample_real").
   """
-  enum = enumeration if enumeration is not None else sources.enumerate_source(src, layout)
+  enum = (enumeration if enumeration is not None
+          else sources.enumerate_source(src, layout, group_from))
   keys = "\n".join(c.key for c in enum.candidates).encode()
   plan = {
       "src": os.path.abspath(src),
@@ -234,17 +281,20 @@ def make_plan(src: str, out: str, layout: str, chunk_size: int,
       "classes": enum.classes,
       "num_ignored": len(enum.ignored),
       "fingerprint": hashlib.sha256(keys).hexdigest(),
+      "group_from": group_from,
   }
   paths = _paths(out)
   if os.path.exists(paths["plan"]):
     with open(paths["plan"]) as f:
       stored = json.load(f)
-    for field in ("fingerprint", "chunk_size", "classes"):
-      if stored[field] != plan[field]:
+    for field in ("group_from", "fingerprint", "chunk_size", "classes"):
+      if stored.get(field, "") != plan[field]:
+        why = ("This ingest was started with another --group_from" if field == "group_from"
+               else "The source changed since the ingest started")
         raise SystemExit(
             f"error: {out} holds an ingest of a different source or setting ({field} differs: "
-            f"stored {str(stored[field])[:80]!r}, now {str(plan[field])[:80]!r}). The source "
-            "changed since the ingest started; use a new --out or delete it to start again.")
+            f"stored {str(stored.get(field, ''))[:80]!r}, now {str(plan[field])[:80]!r}). "
+            f"{why}; use a new --out or delete it to start again.")
   else:
     os.makedirs(os.path.dirname(paths["ignored"]), exist_ok=True)
     tmp = f"{paths['ignored']}.tmp{os.getpid()}"  # workers may start together
@@ -301,14 +351,15 @@ def _where(candidate: sources.Candidate) -> str:
 def run_worker(src: str, out: str, layout: str = "auto", num_workers: int = 1,
                worker_index: int = 0, chunk_size: int = 256, jobs: int = 0,
                max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False,
-               enumeration: sources.Enumeration | None = None):
+               enumeration: sources.Enumeration | None = None, group_from: str = ""):
   """Ingests this worker's chunks that are not done yet. Returns (done, total) chunk counts.
 
-  `enumeration` replaces the enumeration of `src` (see make_plan).
+  `enumeration` replaces the enumeration of `src` (see make_plan); `group_from` names each
+  record's group (folders layout, see data_prep.sources.GroupRule).
   """
   if not 0 <= worker_index < num_workers:
     raise SystemExit(f"error: --worker_index must be in [0, {num_workers}); got {worker_index}")
-  plan, candidates = make_plan(src, out, layout, chunk_size, enumeration)
+  plan, candidates = make_plan(src, out, layout, chunk_size, enumeration, group_from)
   label_map = {name: i for i, name in enumerate(plan["classes"])}
   mine = [c for c in range(plan["num_chunks"]) if c % num_workers == worker_index]
   todo = [c for c in mine if not os.path.exists(chunk_json(out, c))]
@@ -323,7 +374,7 @@ def run_worker(src: str, out: str, layout: str = "auto", num_workers: int = 1,
           f"({n_todo} images)", flush=True)
   progress = _progress(n_todo, quiet)
   jobs = jobs or os.cpu_count() or 1
-  pool = concurrent.futures.ProcessPoolExecutor(jobs) if jobs > 1 and todo else None
+  pool = cache.worker_pool(jobs) if jobs > 1 and todo else None
   try:
     for c in todo:
       ingest_chunk(out, c, candidates[c * chunk_size:(c + 1) * chunk_size], label_map,
@@ -349,7 +400,8 @@ def merge(out: str, quiet: bool = False, targets: dict[str, int] | None = None) 
   """
   paths = _paths(out)
   if not os.path.exists(paths["plan"]):
-    raise SystemExit(f"error: {out} has no ingest plan; run the ingest workers first")
+    raise SystemExit(f"error: --out {out} has no ingest plan ({INGEST_DIR}/plan.json); run the "
+                     "ingest workers first")
   with open(paths["plan"]) as f:
     plan = json.load(f)
   missing = [c for c in range(plan["num_chunks"]) if not os.path.exists(chunk_json(out, c))]
@@ -428,24 +480,38 @@ def shortcut_warnings(audit: dict) -> list[str]:
   return notes
 
 
+def _reason_counts(reasons) -> dict[str, int]:
+  """Counts of reasons, each taken up to its first parenthesis (the detail of one file)."""
+  return dict(collections.Counter(r.split(" (")[0] for r in reasons))
+
+
 def build_report(plan, metadata, skipped, warnings, ignored, targets=None) -> dict:
   audit = format_audit(metadata)
-  reasons = collections.Counter(s["reason"].split(" (")[0] for s in skipped)
+  sizes = shortcuts.size_audit([m["format"] for m in metadata], [m["width"] for m in metadata],
+                               [m["height"] for m in metadata],
+                               [m["generator"] for m in metadata])
   report = {
       "source": plan["src"],
       "layout": plan["layout"],
       "files_left_out_by_selection_rules": len(ignored),
+      "left_out_reasons": _reason_counts(i["reason"] for i in ignored),
       "files_seen": plan["num_candidates"],
       "records_written": len(metadata),
       "files_skipped": len(skipped),
-      "skip_reasons": dict(reasons),
+      "skip_reasons": _reason_counts(s["reason"] for s in skipped),
       "skipped": skipped,
       "warnings": warnings,
       "ignored": ignored[:1000],
       "format_audit": audit,
-      "shortcuts": shortcut_warnings(audit),
+      "size_audit": sizes,
+      "shortcuts": shortcut_warnings(audit) + shortcuts.size_warnings(sizes),
       "counts": _counts(metadata),
   }
+  if plan.get("group_from"):
+    groups = collections.Counter(m.get("group", "") for m in metadata)
+    report["groups"] = {"group_from": plan["group_from"], "num_groups": len(groups),
+                        "largest": dict(groups.most_common(5)),
+                        "smallest": dict(sorted(groups.items(), key=lambda kv: kv[1])[:5])}
   if targets is not None:
     written = collections.Counter(m["semantic"] for m in metadata)
     report["targets"] = {name: {"target": n, "written": written.get(name, 0)}
@@ -467,6 +533,13 @@ def format_report(report: dict) -> str:
       f"{report['files_left_out_by_selection_rules']} left out by the selection rules; "
       f"{len(report['warnings'])} warnings",
   ]
+  if report.get("left_out_reasons"):
+    lines.append("left out: " + "; ".join(f"{n} {why}" for why, n in
+                                           report["left_out_reasons"].items()))
+  if "groups" in report:
+    g = report["groups"]
+    lines.append(f"groups (--group_from {g['group_from']}): {g['num_groups']}; largest "
+                 + ", ".join(f"{k} ({v})" for k, v in g["largest"].items()))
   if report["skipped"]:
     lines.append("skipped:")
     lines += [f"  {s['path']}: {s['reason']}" for s in report["skipped"][:50]]
@@ -499,6 +572,12 @@ def main(argv=None) -> int:
   parser.add_argument("--src", required=True, help="the download: official tree, parquet or folders")
   parser.add_argument("--out", required=True, help="dataset directory to write")
   parser.add_argument("--layout", default="auto", choices=["auto", *sources.LAYOUTS])
+  parser.add_argument("--group_from", default="",
+                      help="folders layout: each record's group for group-disjoint splits, "
+                      "'dirname' (its folder below the label folder; the file stem for a file "
+                      "directly in it) or 'regex:PATTERN' (first capture group, or the whole "
+                      "match, of re.search on its path below the label folder; files it does not "
+                      "match are left out and listed)")
   parser.add_argument("--num_workers", type=int, default=1, help="machines sharing the ingest")
   parser.add_argument("--worker_index", type=int, default=0, help="this machine's index")
   parser.add_argument("--merge", action="store_true",
@@ -512,11 +591,31 @@ def main(argv=None) -> int:
   if args.chunk_size < 1 or args.num_workers < 1:
     parser.error("--chunk_size and --num_workers must be >= 1")
   start = time.time()
-  if not args.merge:
+  if args.merge:
+    _cli.require_directory(args.out, "--out", "the dataset directory the ingest workers wrote")
+  else:
+    _check_source(args)
     run_worker(args.src, args.out, args.layout, args.num_workers, args.worker_index,
-               args.chunk_size, args.jobs, args.max_pixels, args.quiet)
+               args.chunk_size, args.jobs, args.max_pixels, args.quiet, group_from=args.group_from)
   finish(args, start, merge)
   return 0
+
+
+def _check_source(args) -> None:
+  """User errors in --src, --out and --group_from, before any file is read."""
+  _cli.require_directory(args.src, "--src", "the download: the official folder tree, the "
+                         "parquet copy, or folders root/{label}/**/*.png")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise _cli.fail(f"--out {args.out}: not a directory; expected the dataset directory to write")
+  if args.group_from:
+    try:
+      sources.GroupRule.parse(args.group_from)
+    except ValueError as e:
+      raise _cli.fail(str(e)) from None
+    layout = args.layout if args.layout != "auto" else sources.detect_layout(args.src)
+    if layout != "folders":
+      raise _cli.fail(f"--group_from applies to --layout folders, but --src {args.src} is read "
+                      f"as layout {layout}{' (detected)' if args.layout == 'auto' else ''}")
 
 
 def finish(args, start: float, merge_fn) -> None:
@@ -531,4 +630,4 @@ def finish(args, start: float, merge_fn) -> None:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(_cli.run(main))

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from data_prep import ingest
+from data_prep import _cli, ingest
 from iab_jax.data import generators, records
 
 READ_BATCH = 64  # records per read: bounds memory at 64 images whatever the shard size
@@ -66,10 +66,9 @@ def copy_shard(src: str, dst: str, label_map: dict[str, int]) -> tuple[list[dict
 
 
 def merge(out: str, roots: list[str], quiet: bool = False) -> dict:
-  try:
-    inputs = [records.Dataset(root) for root in roots]
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
+  for root in roots:
+    _cli.require_dataset(root, "input")
+  inputs = [records.Dataset(root) for root in roots]
   _check_inputs(out, inputs)
   classes = generators.class_order({c for ds in inputs for c in ds.classes})
   label_map = {name: i for i, name in enumerate(classes)}
@@ -120,4 +119,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(_cli.run(main))

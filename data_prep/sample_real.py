@@ -70,7 +70,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from data_prep import captions, ingest, sources
+from data_prep import _cli, captions, ingest, sources
 from data_prep.split import class_rng
 from iab_jax.data import generators
 
@@ -636,4 +636,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(_cli.run(main))

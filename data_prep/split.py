@@ -4,8 +4,11 @@
   python -m data_prep.split --data DATA --protocol semantic --semantic 2        # task 2 = bedroom
   python -m data_prep.split --data DATA --protocol openset --fold all
   python -m data_prep.split --data DATA --protocol standard --official
+  python -m data_prep.split --data DATA --protocol group --test_groups 10 --val_groups 10
 
-Manifests go to `DATA/splits/<name>.json` (see iab_jax.data.manifests for the format).
+Manifests go to `DATA/splits/<name>.json` (see iab_jax.data.manifests for the format). A user
+error (no such directory, no dataset, a class or group the data does not hold) ends the command
+with one `error: ...` line and exit status 2.
 
 Our own splits
 --------------
@@ -18,6 +21,23 @@ openset: the generators other than real are shuffled with the seed and dealt rou
   each unknown class gives `test_unknown` the tail of its shuffle (by default as many records as
   its standard test share, so they are exactly the records the standard split tests on).
 
+group: the semantic protocol's point (test on content never seen in training) for groups of the
+  user's own data, e.g. prompts (ingest --group_from). Whole groups go to one side. `--test_groups`
+  and `--val_groups` each name groups (a comma-separated list) or give a count N of groups to draw
+  with the seed (a plain integer; write "7," to name a group called 7); --val_groups defaults to
+  as many groups as test. Labels are stratified as far as whole groups allow, by this rule: the
+  groups not named are dealt at random with the seed (a seeded shuffle gives test, then val, its
+  number of groups; train takes the rest), then improved by exchanges: each side has a target,
+  its share of the groups times each class's total, and the distance of a side is the sum over
+  classes of |target - records it holds|, each divided by the class's total (so a small class
+  counts as much as a large one). In passes over the drawn groups of test and val, each is
+  exchanged with the drawn group of another side (among up to 256 of them, chosen with the seed)
+  that lowers the summed distance of the two sides most, if any does; the passes stop when none
+  does (at most 20). Where groups are alike no exchange helps and the draw stays random; where a
+  class lives in few groups, exchanges bring it to every side. Records without a group are in no
+  split. The report adds records per group and side, and warns when a class is missing from a
+  side.
+
 Each class shuffles its images in sha256 order with its own generator, seeded by
 (seed, crc32(class name)). So a split depends on the images only: writing the records in another
 order, or adding or removing a generator, leaves every other class's split unchanged, and a known
@@ -27,34 +47,50 @@ No image is in two splits: records with the same sha256 form one group, the unit
 and counted (so `n` above counts distinct images), and a group lands in one split. A group whose
 copies carry different labels cannot be tested fairly: it goes to train (standard, open-set
 known classes), or is dropped (semantic test, open-set unknowns). In semantic splits a test record
-whose bytes are also in train/val is dropped. All of this is counted, with examples, in the
-manifest's report. Positions within a split are ascending.
+whose bytes are also in train/val is dropped. In group splits a user's group is the unit, so two
+groups can share an image: a val record whose bytes are also in train, and a test record whose
+bytes are also in train or val, are dropped, as is a val or test record whose bytes carry several
+labels.
+All of this is counted, with examples, in the manifest's report. Positions within a split are
+ascending.
 
 Official-compatible splits (`--official`, standard and semantic)
 ----------------------------------------------------------------
 The official PyTorch code saves no split; it recomputes one each run from its sample list. We
 rebuild that list from the records and replay its random draws:
-  1. order the records model by model (OFFICIAL_MODEL_ORDER, then models it does not know, by
-     name), within a model semantic by semantic (SEMANTIC_ORDER, then unknown ones by name), within
-     a (model, semantic) folder by Python-sorted file name;
+  0. keep what its loader would load: it opens only its 23 model folders (OFFICIAL_MODEL_ORDER,
+     exact names) and, in each, its 10 semantic folders (AnimalFace/cat, ..., Scene/classroom);
+     it keeps a file by the selection rules (data_prep.sources.official_rule) and at most 2000
+     kept files per folder, the first in sorted order. A record's folder is the one ingest
+     recorded (extra.model_folder and extra.semantic_folder: an alias folder such as sd-v2.1,
+     which we read as SD2_1, or a generator the code does not know, e.g. FLUX2_KLEIN, stays
+     out); a dataset written without them falls back to the generator and semantic names. The
+     records left out, and why, are counted in the report and printed. The manifest's classes are
+     the dataset's classes that keep records;
+  1. order the records model by model (OFFICIAL_MODEL_ORDER), within a model semantic by
+     semantic (SEMANTIC_ORDER), within a (model, semantic) folder by Python-sorted file name;
   2. one legacy RandomState seeded with `seed` (the same stream as `np.random.seed(seed)` followed
      by `np.random.shuffle`, without touching numpy's global state);
   3. standard: labels in order of first appearance; per label shuffle its sample indices, take
      int(0.8 n) to train, int(0.1 n) to val, the rest to test;
      semantic: per label, per semantic in order of first appearance within the label, shuffle its
-     indices; the training semantic gives int(0.9 n) to train and the rest to val, the others go to
-     test;
+     indices; the training semantic gives int(0.8 n) to train and the rest to val, the others go to
+     test. 0.8 is the code's: `get_dataloader`'s train_ratio defaults to 0.8 and train.py passes
+     none, although the paper says 9:1 (our own semantic split uses 9:1; iab_jax before this
+     version used 0.9 here too, which was not the official split);
   4. shuffle the train, val and test lists, in that order, and cut train to an even length by
      dropping its last element.
 The lists keep that order in the manifest. Duplicates are not separated (the official code does
-not); the report counts the groups that straddle splits. The result is the paper's split only if
-the dataset holds exactly the files the official loader keeps (ingest applies its selection
-rules); a folder over its 2000-file cap is reported as a warning.
+not); the report counts the groups that straddle splits. Files that ingest skipped as unreadable
+are missing from the list, unlike in the official code (which would fail on them): the report
+warns when the ingest report lists any.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import sys
 import zlib
@@ -62,23 +98,37 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from data_prep import _cli, sources
 from iab_jax.data import generators as gen_lib
 from iab_jax.data import manifests
 from iab_jax.data import records
 
 STANDARD_RATIOS = (0.8, 0.1, 0.1)
 SEMANTIC_RATIOS = (0.9, 0.1)
+OFFICIAL_SEMANTIC_RATIOS = (0.8, 0.2)  # the official code's train_ratio default (see above)
 SPLIT_NAMES = ("train", "val", "test", "test_unknown")
 TRAIN, VAL, TEST, TEST_UNKNOWN = range(4)
 NONE = -1  # a record in no split
-OFFICIAL_FOLDER_CAP = 2000  # the official loader keeps at most this many files per folder
 NUM_EXAMPLES = 10
+
+
+class SplitError(ValueError):
+  """A request the data cannot satisfy: a user error, reported by the CLI as one line.
+
+  `flag` names the command-line flag it concerns ("--semantic 2"), when one does.
+  """
+
+  def __init__(self, message: str, flag: str = ""):
+    super().__init__(message)
+    self.flag = flag
 
 
 class _Index:
   """The index columns a splitter needs, read once."""
 
   def __init__(self, ds: records.Dataset):
+    self._ds = ds
+    self.root = ds.root
     self.info = ds.info
     self.classes = list(ds.classes)
     self.generator = ds.column("generator").astype(str)
@@ -87,6 +137,25 @@ class _Index:
     self.key = ds.column("key").astype(str)
     self.filename = ds.column("filename").astype(str)
     self.gid, self.num_groups = _group_ids(self.sha256)
+
+  @functools.cached_property
+  def group(self) -> np.ndarray:
+    """Each record's group ("" for none; every record of a dataset written before groups)."""
+    return self._ds.column("group").astype(str)
+
+  @functools.cached_property
+  def origin(self) -> tuple[np.ndarray, np.ndarray]:
+    """(model folder, semantic folder) of each record as its source named them (see
+    data_prep.sources); a record without them gets its generator and its semantic class's
+    official folder ("" for a semantic class the official code does not know)."""
+    models, folders = self.generator.astype(object), np.empty(len(self), dtype=object)
+    for i, (extra, sem) in enumerate(zip(self._ds.column("extra"), self.semantic)):
+      found = json.loads(extra) if extra and "_folder" in extra else {}
+      if found.get("model_folder"):
+        models[i] = found["model_folder"]
+      default = gen_lib.SEMANTICS[sem][0] if sem in gen_lib.SEMANTICS else ""
+      folders[i] = found.get("semantic_folder", default)
+    return models.astype(str), folders.astype(str)
 
   def __len__(self):
     return len(self.sha256)
@@ -140,37 +209,35 @@ def _stratify(index: _Index, labels: np.ndarray, mask: np.ndarray, classes: Sequ
 def _check_ratios(ratios: Sequence[float], n: int) -> list[float]:
   ratios = [float(r) for r in ratios]
   if len(ratios) != n or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-6:
-    raise ValueError(f"expected {n} non-negative ratios summing to 1, got {ratios}")
+    raise SplitError(f"expected {n} non-negative ratios summing to 1, got {ratios}", "--ratios")
   return ratios
 
 
 def resolve_semantic(value: str | int, present: Sequence[str]) -> str:
   """The semantic class for a name, official folder or task number (1 cat, 2 bedroom, 3 FFHQ).
 
-  It must have records in the data; the error lists the semantic classes that do.
+  It must have records in the data; the error names the class and lists the ones that do.
   """
   present = sorted(set(present), key=_semantic_rank)
   text = str(value).strip()
+  flag = f"--semantic {text}"
   if text.isdigit():
     name = gen_lib.SEMANTIC_TASKS.get(int(text))
     if name is None:
-      raise ValueError(f"semantic task {text} does not exist: tasks are "
-                       + ", ".join(f"{k} ({v})" for k, v in gen_lib.SEMANTIC_TASKS.items()))
+      raise SplitError(f"semantic task {text} does not exist: tasks are "
+                       + ", ".join(f"{k} ({v})" for k, v in gen_lib.SEMANTIC_TASKS.items()), flag)
+    shown = f"{name} (task {text})"
   else:
     name = gen_lib.semantic_name(text) or text
+    shown = name if name == text else f"{name} ({text})"
   if name not in present:
-    raise ValueError(f"semantic class {value!r} has no records in this dataset; "
-                     f"present: {', '.join(present) or 'none'}")
+    raise SplitError(f"semantic class {shown} has no records in this dataset; "
+                     f"present: {', '.join(present) or 'none'}", flag)
   return name
 
 
 def _semantic_rank(name: str):
   order = gen_lib.SEMANTIC_ORDER
-  return (0, order.index(name), "") if name in order else (1, 0, name)
-
-
-def _model_rank(name: str):
-  order = gen_lib.OFFICIAL_MODEL_ORDER
   return (0, order.index(name), "") if name in order else (1, 0, name)
 
 
@@ -293,12 +360,16 @@ def standard_split(ds: records.Dataset, *, seed: int = 42,
 
 
 def semantic_split(ds: records.Dataset, semantic: str | int, *, seed: int = 42,
-                   ratios: Sequence[float] = SEMANTIC_RATIOS, official: bool = False
+                   ratios: Sequence[float] | None = None, official: bool = False
                    ) -> dict[str, Any]:
-  """Train/val (9:1 by label) from one semantic class, test = every other semantic class."""
+  """Train/val (9:1 by label) from one semantic class, test = every other semantic class.
+
+  `ratios` defaults to 9:1 (the paper), or with `official` to the official code's 8:2.
+  """
   if official:
-    return official_semantic_split(ds, semantic, seed=seed, ratios=ratios)
-  ratios = _check_ratios(ratios, 2)
+    return official_semantic_split(ds, semantic, seed=seed,
+                                   ratios=OFFICIAL_SEMANTIC_RATIOS if ratios is None else ratios)
+  ratios = _check_ratios(SEMANTIC_RATIOS if ratios is None else ratios, 2)
   index = _Index(ds)
   chosen = resolve_semantic(semantic, index.semantic)
   labels = index.labels(index.classes)
@@ -343,8 +414,8 @@ def openset_folds(classes: Sequence[str], num_folds: int = 5, seed: int = 42) ->
   """The generators (all classes but real) shuffled with `seed` and dealt round-robin into folds."""
   names = [c for c in classes if not is_real(c)]
   if len(names) < num_folds:
-    raise ValueError(f"open-set needs at least one generator per fold: {len(names)} generators "
-                     f"({', '.join(names)}) for {num_folds} folds")
+    raise SplitError(f"open-set needs at least one generator per fold: {len(names)} generators "
+                     f"({', '.join(names)}) for {num_folds} folds", f"--num_folds {num_folds}")
   order = np.random.default_rng(seed).permutation(len(names))
   return [[names[i] for i in sorted(order[f::num_folds])] for f in range(num_folds)]
 
@@ -359,9 +430,10 @@ def openset_split(ds: records.Dataset, fold: int, *, num_folds: int = 5, seed: i
   """
   ratios = _check_ratios(ratios, 3)
   if not 0 <= fold < num_folds:
-    raise ValueError(f"fold {fold} is outside 0..{num_folds - 1}")
+    raise SplitError(f"fold {fold} is outside 0..{num_folds - 1}", f"--fold {fold}")
   if unknown_fraction is not None and not 0 <= unknown_fraction <= 1:
-    raise ValueError(f"unknown_fraction {unknown_fraction} is outside [0, 1]")
+    raise SplitError(f"unknown_fraction {unknown_fraction} is outside [0, 1]",
+                     f"--unknown_fraction {unknown_fraction}")
   index = _Index(ds)
   folds = openset_folds(index.classes, num_folds, seed)
   unknown = folds[fold]
@@ -401,18 +473,234 @@ def openset_split(ds: records.Dataset, fold: int, *, num_folds: int = 5, seed: i
 
 
 # ----------------------------------------------------------------------------------------------
+# Group-disjoint split.
+# ----------------------------------------------------------------------------------------------
+
+GROUP_SIDES = ("train", "val", "test")
+GROUP_RULE = ("whole groups per side; a seeded random draw, then exchanges of drawn groups "
+              "between sides while one brings the sides' per-class counts closer (L1, relative to "
+              "each class's total) to their targets (each side's share of the groups times each "
+              "class's total)")
+MAX_SWAP_PASSES = 20
+SWAP_CANDIDATES = 256  # groups of the other sides weighed per exchange, drawn with the seed
+
+
+def parse_group_request(value: int | str | Sequence[str] | None) -> int | list[str] | None:
+  """A --test_groups/--val_groups value: a count (int, or a string of digits) or group names
+  (a list, or a comma-separated string; "7," names the group "7")."""
+  if value is None or isinstance(value, int):
+    return value
+  if isinstance(value, str):
+    text = value.strip()
+    if text.isdigit():
+      return int(text)
+    return [v.strip() for v in text.split(",") if v.strip()]
+  return [str(v) for v in value]
+
+
+def _deal_groups(counts: np.ndarray, fixed: dict[int, int], slots: list[int],
+                 rng: np.random.Generator) -> np.ndarray:
+  """Side of each group (rows of `counts`, per-class record counts) by the rule above.
+
+  `fixed` maps groups named on the command line to their side; `slots[s]` is the number of groups
+  side s gets in all (fixed ones included). The drawn groups are dealt from a seeded shuffle,
+  then improved by exchanges between sides (see the module docstring).
+  """
+  side = np.full(len(counts), NONE, np.int64)
+  for g, s in fixed.items():
+    side[g] = s
+  drawn = rng.permutation(np.flatnonzero(side == NONE))
+  start = 0
+  for s in (TEST, VAL, TRAIN):
+    n = slots[s] - sum(1 for v in fixed.values() if v == s)
+    side[drawn[start:start + n]] = s
+    start += n
+  totals = np.maximum(counts.sum(axis=0), 1).astype(np.float64)
+  target = (np.array(slots, np.float64) / len(counts))[:, None] * counts.sum(axis=0)
+  have = np.stack([counts[side == s].sum(axis=0) for s in range(3)]).astype(np.float64)
+
+  def distance(s, held):
+    return (np.abs(target[s] - held) / totals).sum(axis=-1)
+
+  for _ in range(MAX_SWAP_PASSES):
+    improved = False
+    # Every useful exchange involves val or test: visit their drawn groups in the drawn order.
+    for a in drawn[side[drawn] != TRAIN]:
+      s = side[a]
+      others = drawn[side[drawn] != s]
+      if not len(others):
+        continue
+      if len(others) > SWAP_CANDIDATES:
+        others = others[rng.choice(len(others), SWAP_CANDIDATES, replace=False)]
+      t = side[others]
+      delta = counts[others] - counts[a]  # what side s gains and side t loses by the exchange
+      gain = (distance(s, have[s]) + distance(t, have[t])
+              - distance(s, have[s] + delta) - distance(t, have[t] - delta))
+      best = int(np.argmax(gain))
+      if gain[best] > 1e-9:
+        b = others[best]
+        have[s] += delta[best]
+        have[side[b]] -= delta[best]
+        side[a], side[b] = side[b], s
+        improved = True
+    if not improved:
+      break
+  return side
+
+
+def group_split(ds: records.Dataset, test_groups: int | str | Sequence[str],
+                val_groups: int | str | Sequence[str] | None = None, *, seed: int = 42
+                ) -> dict[str, Any]:
+  """Whole groups (record field `group`, from ingest --group_from) to train, val or test.
+
+  `test_groups` and `val_groups` are counts of groups to draw with `seed` or lists of group
+  names (see parse_group_request); `val_groups=None` draws as many groups as test has. See the
+  module docstring for the rule that balances classes and for duplicates.
+  """
+  index = _Index(ds)
+  labels = index.labels(index.classes)
+  valid = labels >= 0
+  grouped = valid & (index.group != "")
+  if not grouped.any():
+    raise SplitError(f"{index.root} has no groups: every record's group is empty; ingest with "
+                     "`--layout folders --group_from dirname|regex:PATTERN` to give records one",
+                     "--protocol group")
+  names, group_of = np.unique(index.group[grouped], return_inverse=True)
+  names = names.tolist()
+  gidx = np.full(len(index), NONE, np.int64)
+  gidx[grouped] = group_of.reshape(-1)
+  counts = np.zeros((len(names), len(index.classes)), np.int64)
+  np.add.at(counts, (gidx[grouped], labels[grouped]), 1)
+
+  requests = {TEST: parse_group_request(test_groups), VAL: parse_group_request(val_groups)}
+  if requests[VAL] is None:
+    test = requests[TEST]
+    requests[VAL] = test if isinstance(test, int) else len(test)
+  flags = {TEST: f"--test_groups {test_groups}", VAL: f"--val_groups {val_groups}"}
+  position = {name: g for g, name in enumerate(names)}
+  fixed: dict[int, int] = {}
+  notes = []
+  for s in (TEST, VAL):
+    request = requests[s]
+    if isinstance(request, int):
+      if str(request) in position:
+        notes.append(f"{flags[s]} was read as a count of groups, although a group is named "
+                     f"{request!r}; write '{request},' to name it")
+      continue
+    unknown = [n for n in request if n not in position]
+    if unknown:
+      raise SplitError(f"no group named {', '.join(map(repr, unknown[:5]))} in this dataset "
+                       f"({len(names)} groups, e.g. {', '.join(names[:5])})", flags[s])
+    for n in request:
+      if fixed.get(position[n], s) != s:
+        raise SplitError(f"group {n!r} is named for both test and val", flags[s])
+      fixed[position[n]] = s
+  slots = [0, 0, 0]
+  for s in (TEST, VAL):
+    request = requests[s]
+    slots[s] = request if isinstance(request, int) else len(set(request))
+  if slots[TEST] < 1:
+    raise SplitError("the test side needs at least one group", flags[TEST])
+  slots[TRAIN] = len(names) - slots[TEST] - slots[VAL]
+  if slots[TRAIN] < 1:
+    raise SplitError(f"{slots[TEST]} test and {slots[VAL]} val groups leave none of the "
+                     f"{len(names)} groups to train on", flags[TEST])
+  side_of_group = _deal_groups(counts, fixed, slots, np.random.default_rng(
+      [seed, zlib.crc32(b"group")]))
+
+  record_split = np.full(len(index), NONE, np.int64)
+  record_split[grouped] = side_of_group[gidx[grouped]]
+  # Identical bytes: the earliest side (train, then val, then test) keeps them; copies of an
+  # image that carries several labels are not scored.
+  in_split = record_split >= 0
+  first_side = np.full(index.num_groups, len(GROUP_SIDES), np.int64)
+  np.minimum.at(first_side, index.gid[in_split], record_split[in_split])
+  seen_earlier = in_split & (first_side[index.gid] < record_split)
+  mixed = _mixed_groups(index.gid, labels, in_split, index.num_groups)
+  ambiguous = in_split & ~seen_earlier & (record_split > TRAIN) & mixed[index.gid]
+  record_split[seen_earlier | ambiguous] = NONE
+  splits = _named_splits(record_split, GROUP_SIDES)
+
+  warnings = list(notes)
+  for name in GROUP_SIDES:
+    positions = splits[name]
+    if not len(positions):
+      warnings.append(f"{name} is empty" + (": a run has no validation to pick its best "
+                                            "checkpoint by" if name == "val" else ""))
+      continue
+    missing = [c for c in index.classes if c not in set(index.generator[positions].tolist())]
+    if missing:
+      warnings.append(f"classes missing from {name}: {', '.join(missing)} (whole groups cannot "
+                      "balance them)")
+  if (valid & ~grouped).any():
+    warnings.append(f"{int((valid & ~grouped).sum())} records have no group and are in no split")
+  report = _report(index, splits, labels, warnings=warnings, dropped={
+      "image identical to one on an earlier side (train, val, test)": np.flatnonzero(seen_earlier),
+      "val/test image present under several labels": np.flatnonzero(ambiguous)})
+  report["per_group"] = {name: _counts(index.group[p], ()) for name, p in splits.items()}
+  report["num_groups"] = {name: int((side_of_group == s).sum())
+                          for s, name in enumerate(GROUP_SIDES)}
+  options = {
+      "seed": seed, "official": False, "disjoint_by": "sha256", "group_rule": GROUP_RULE,
+      "requested": {"test": str(test_groups), "val": str(val_groups)},
+      **{f"{name}_groups": [names[g] for g in np.flatnonzero(side_of_group == s)]
+         for s, name in ((TEST, "test"), (VAL, "val"))},
+  }
+  return _manifest(index, manifests.manifest_name("group"), "group", options, index.classes,
+                   splits, report)
+
+
+# ----------------------------------------------------------------------------------------------
 # Official-compatible splits.
 # ----------------------------------------------------------------------------------------------
 
 
-def _official_order(index: _Index) -> np.ndarray:
-  """Record positions in the order of the official code's sample list."""
-  models = {g: _model_rank(g) for g in set(index.generator.tolist())}
-  semantics = {s: _semantic_rank(s) for s in set(index.semantic.tolist())}
-  keys = [(models[g], semantics[s], f or k.rsplit("/", 1)[-1], i) for i, (g, s, f, k) in enumerate(
-      zip(index.generator.tolist(), index.semantic.tolist(), index.filename.tolist(),
-          index.key.tolist()))]
-  return np.array([k[-1] for k in sorted(keys)], dtype=np.int64)
+def _official_samples(index: _Index) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """(positions of the official sample list in its order, {reason: positions left out}).
+
+  Step 0 and 1 of the module docstring: what the official loader opens and keeps, in the order
+  it lists it.
+  """
+  model_folder, semantic_folder = index.origin
+  names = np.where(index.filename != "", index.filename,
+                   np.array([k.rsplit("/", 1)[-1] for k in index.key.tolist()], dtype=object)
+                   ).astype(str)
+  official_models = set(gen_lib.OFFICIAL_MODEL_ORDER)
+  left_out = {
+      "in a model folder the official code does not open":
+          ~np.isin(model_folder, list(official_models)),
+      "of a semantic class the official code does not know":
+          ~np.isin(index.semantic, list(gen_lib.SEMANTIC_ORDER)),
+  }
+  known = ~left_out["in a model folder the official code does not open"] & ~left_out[
+      "of a semantic class the official code does not know"]
+  expected_folder = np.array([gen_lib.SEMANTICS[s][0] if s in gen_lib.SEMANTICS else ""
+                              for s in index.semantic.tolist()], dtype=object).astype(str)
+  left_out["outside its semantic class's official folder"] = known & (
+      semantic_folder != expected_folder)
+  kept = known & ~left_out["outside its semantic class's official folder"]
+  refused = np.zeros(len(index), bool)
+  for i in np.flatnonzero(kept):
+    refused[i] = sources.official_rule(names[i], model_folder[i]) is not None
+  left_out["file name refused by the official selection rules"] = refused
+  kept &= ~refused
+  model_rank = {m: r for r, m in enumerate(gen_lib.OFFICIAL_MODEL_ORDER)}
+  semantic_rank = {m: r for r, m in enumerate(gen_lib.SEMANTIC_ORDER)}
+  keys = sorted((model_rank[model_folder[i]], semantic_rank[index.semantic[i]], names[i],
+                 index.key[i], i) for i in np.flatnonzero(kept))
+  order, over_cap, folder, taken = [], [], None, 0
+  for m, sem, _, _, i in keys:
+    if (m, sem) != folder:
+      folder, taken = (m, sem), 0
+    if taken < sources.MAX_PER_FOLDER:
+      order.append(i)
+      taken += 1
+    else:
+      over_cap.append(i)
+  left_out[f"over the official {sources.MAX_PER_FOLDER}-file cap of its folder"] = np.isin(
+      np.arange(len(index)), over_cap)
+  return (np.array(order, dtype=np.int64),
+          {reason: np.flatnonzero(mask) for reason, mask in left_out.items() if mask.any()})
 
 
 def _first_appearance(values: np.ndarray) -> list:
@@ -430,30 +718,60 @@ def _official_finish(rng: np.random.RandomState, order: np.ndarray, parts: list[
   return {"train": order[train], "val": order[val], "test": order[test]}
 
 
-def _official_warnings(index: _Index) -> list[str]:
+def _official_report(index: _Index, splits: dict[str, np.ndarray],
+                     left_out: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The report of an official split: _report's, plus what the official loader would not load."""
+  model_folder = index.origin[0]
   warnings = []
-  folders, counts = np.unique(np.char.add(np.char.add(index.generator, "/"), index.semantic),
-                              return_counts=True)
-  over = [f"{f} ({c})" for f, c in zip(folders, counts) if c > OFFICIAL_FOLDER_CAP]
-  if over:
-    warnings.append(f"the official loader keeps at most {OFFICIAL_FOLDER_CAP} files per folder, "
-                    f"but these hold more, so this is not the paper's split: {', '.join(over)}")
-  return warnings
+  summary = {}
+  for reason, positions in left_out.items():
+    by = _counts(model_folder[positions] if "model folder" in reason else
+                 np.char.add(np.char.add(model_folder[positions], "/"), index.semantic[positions]),
+                 gen_lib.OFFICIAL_MODEL_ORDER)
+    summary[reason] = {"count": int(len(positions)), "by_folder": by,
+                       "keys": index.key[positions[:NUM_EXAMPLES]].tolist()}
+  if left_out:
+    total = sum(len(p) for p in left_out.values())
+    warnings.append(f"left out {total} records the official loader would not load: " + "; ".join(
+        f"{v['count']} {reason} (" + ", ".join(f"{k} {n}" for k, n in list(
+            v["by_folder"].items())[:6]) + (", ..." if len(v["by_folder"]) > 6 else "") + ")"
+        for reason, v in summary.items()))
+  skipped = _ingest_skipped(index.root)
+  if skipped:
+    warnings.append(f"ingest skipped {skipped} unreadable or corrupt files that the official "
+                    "loader would list (and fail to open); the list here lacks them")
+  labels = index.labels(index.classes)
+  report = _report(index, splits, labels, warnings=warnings)
+  report["official_left_out"] = summary
+  return report
+
+
+def _ingest_skipped(root: str) -> int:
+  try:
+    with open(os.path.join(root, "ingest_report.json")) as f:
+      return int(json.load(f).get("files_skipped", 0))
+  except (OSError, ValueError, AttributeError):
+    return 0
 
 
 def _official_index(ds):
+  """(index, labels under the kept classes, those classes, sample order, left-out records)."""
   index = _Index(ds)
-  labels = index.labels(index.classes)
-  order = _official_order(index)
-  order = order[labels[order] >= 0]
-  return index, labels, order
+  order, left_out = _official_samples(index)
+  if not len(order):
+    raise SplitError(f"none of the {len(index)} records is one the official loader would load ("
+                     + "; ".join(f"{len(p)} {reason}" for reason, p in left_out.items()) + ")",
+                     "--official")
+  present = set(index.generator[order].tolist())
+  classes = [c for c in index.classes if c in present]
+  return index, index.labels(classes), classes, order, left_out
 
 
 def official_standard_split(ds: records.Dataset, *, seed: int = 42,
                             ratios: Sequence[float] = STANDARD_RATIOS) -> dict[str, Any]:
   """The standard split exactly as the official code computes it (see the module docstring)."""
   ratios = _check_ratios(ratios, 3)
-  index, labels, order = _official_index(ds)
+  index, labels, classes, order, left_out = _official_index(ds)
   sample_labels = labels[order]
   rng = np.random.RandomState(seed)
   parts = [[], [], []]
@@ -464,17 +782,16 @@ def official_standard_split(ds: records.Dataset, *, seed: int = 42,
     for s in range(3):
       parts[s].append(samples[bounds[s]:bounds[s + 1]])
   splits = _official_finish(rng, order, parts)
-  report = _report(index, splits, labels, warnings=_official_warnings(index))
   options = {"seed": seed, "ratios": ratios, "official": True, "disjoint_by": None}
   return _manifest(index, manifests.manifest_name("standard", official=True), "standard", options,
-                   index.classes, splits, report)
+                   classes, splits, _official_report(index, splits, left_out))
 
 
 def official_semantic_split(ds: records.Dataset, semantic: str | int, *, seed: int = 42,
-                            ratios: Sequence[float] = SEMANTIC_RATIOS) -> dict[str, Any]:
+                            ratios: Sequence[float] = OFFICIAL_SEMANTIC_RATIOS) -> dict[str, Any]:
   """The semantic-task split exactly as the official code computes it (see the module docstring)."""
   ratios = _check_ratios(ratios, 2)
-  index, labels, order = _official_index(ds)
+  index, labels, classes, order, left_out = _official_index(ds)
   chosen = resolve_semantic(semantic, index.semantic[order])
   sample_labels, sample_semantics = labels[order], index.semantic[order]
   rng = np.random.RandomState(seed)
@@ -491,11 +808,10 @@ def official_semantic_split(ds: records.Dataset, semantic: str | int, *, seed: i
       else:
         parts[TEST].append(samples)
   splits = _official_finish(rng, order, parts)
-  report = _report(index, splits, labels, warnings=_official_warnings(index))
   options = {"seed": seed, "ratios": ratios, "semantic": chosen, "official": True,
              "disjoint_by": None}
   return _manifest(index, manifests.manifest_name("semantic", semantic=chosen, official=True),
-                   "semantic", options, index.classes, splits, report)
+                   "semantic", options, classes, splits, _official_report(index, splits, left_out))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,6 +840,13 @@ def summary(manifest: dict[str, Any]) -> str:
     lines.append(name.ljust(width) + "".join(f" {c:>{w}}" for c, w in zip(counts, cols)))
   lines.append("total".ljust(width) + "".join(f" {report['sizes'][s]:>{w}}"
                                               for s, w in zip(split_names, cols)))
+  if "num_groups" in report:
+    lines.append("groups".ljust(width) + "".join(f" {report['num_groups'].get(s, 0):>{w}}"
+                                                 for s, w in zip(split_names, cols)))
+    for side in ("test", "val"):
+      named = opts.get(f"{side}_groups", [])
+      lines.append(f"{side} groups: " + ", ".join(named[:10])
+                   + (f", ... ({len(named)} in all)" if len(named) > 10 else ""))
   dup = report["duplicates"]
   if dup["groups"]:
     lines.append(f"duplicates: {dup['groups']} groups of identical images, {dup['extra_copies']} "
@@ -541,14 +864,19 @@ def _parse_args(argv):
   parser = argparse.ArgumentParser(prog="python -m data_prep.split",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--data", required=True, help="dataset directory (holds dataset.json)")
-  parser.add_argument("--protocol", required=True, choices=("standard", "semantic", "openset"))
+  parser.add_argument("--protocol", required=True,
+                      choices=("standard", "semantic", "openset", "group"))
   parser.add_argument("--semantic", help="semantic protocol: a class name (cat, Scene/bedroom, "
                       "...) or task number 1 (cat), 2 (bedroom), 3 (FFHQ)")
   parser.add_argument("--fold", default="0", help="open-set fold, 0..num_folds-1, or 'all'")
   parser.add_argument("--num_folds", type=int, default=5)
   parser.add_argument("--seed", type=int, default=42)
   parser.add_argument("--ratios", help="comma-separated split ratios (default 0.8,0.1,0.1; "
-                      "semantic 0.9,0.1)")
+                      "semantic 0.9,0.1, with --official 0.8,0.2 as the official code)")
+  parser.add_argument("--test_groups", help="group protocol: N groups to draw with the seed, or "
+                      "a comma-separated list of group names ('7,' names a group called 7)")
+  parser.add_argument("--val_groups", help="group protocol: as --test_groups (default: as many "
+                      "groups as test)")
   parser.add_argument("--unknown_fraction", type=float, default=None,
                       help="open-set: share of each unknown class in test_unknown (default: its "
                       "standard test share, 10%%)")
@@ -559,9 +887,13 @@ def _parse_args(argv):
   args = parser.parse_args(argv)
   if args.protocol == "semantic" and not args.semantic:
     parser.error("--protocol semantic needs --semantic")
-  if args.official and args.protocol == "openset":
-    parser.error("--official exists for standard and semantic only (the official code has no "
-                 "open-set split)")
+  if args.official and args.protocol in ("openset", "group"):
+    parser.error(f"--official exists for standard and semantic only (the official code has no "
+                 f"{args.protocol} split)")
+  if args.protocol == "group" and not args.test_groups:
+    parser.error("--protocol group needs --test_groups (a count or a list of group names)")
+  if args.protocol != "group" and (args.test_groups or args.val_groups):
+    parser.error("--test_groups and --val_groups belong to --protocol group")
   if args.fold != "all" and not args.fold.isdigit():
     parser.error(f"--fold must be a number or 'all', not {args.fold!r}")
   if args.fold == "all" and args.out:
@@ -571,19 +903,31 @@ def _parse_args(argv):
 
 def main(argv: Sequence[str] | None = None) -> list[str]:
   args = _parse_args(argv)
-  ds = records.Dataset(args.data)
-  ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else None
+  ds = records.Dataset(_cli.require_dataset(args.data))
+  try:
+    ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else None
+  except ValueError:
+    raise _cli.fail(f"--ratios {args.ratios}: expected comma-separated numbers, e.g. 0.8,0.1,0.1"
+                    ) from None
   kw: dict[str, Any] = {"seed": args.seed}
   if ratios:
     kw["ratios"] = ratios
-  if args.protocol == "standard":
-    made = [standard_split(ds, official=args.official, **kw)]
-  elif args.protocol == "semantic":
-    made = [semantic_split(ds, args.semantic, official=args.official, **kw)]
-  else:
-    folds = range(args.num_folds) if args.fold == "all" else [int(args.fold)]
-    made = [openset_split(ds, k, num_folds=args.num_folds, unknown_fraction=args.unknown_fraction,
-                          **kw) for k in folds]
+  try:
+    if args.protocol == "standard":
+      made = [standard_split(ds, official=args.official, **kw)]
+    elif args.protocol == "semantic":
+      made = [semantic_split(ds, args.semantic, official=args.official, **kw)]
+    elif args.protocol == "group":
+      if ratios:
+        raise SplitError("the group protocol splits by --test_groups and --val_groups, not "
+                         "ratios", f"--ratios {args.ratios}")
+      made = [group_split(ds, args.test_groups, args.val_groups, seed=args.seed)]
+    else:
+      folds = range(args.num_folds) if args.fold == "all" else [int(args.fold)]
+      made = [openset_split(ds, k, num_folds=args.num_folds,
+                            unknown_fraction=args.unknown_fraction, **kw) for k in folds]
+  except SplitError as e:
+    raise _cli.fail(f"{e.flag}: {e}" if e.flag else str(e)) from None
   paths = []
   for manifest in made:
     path = args.out or os.path.join(args.data, manifests.SPLITS_DIR, manifest["name"] + ".json")
@@ -596,4 +940,4 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  sys.exit(_cli.run(main, sys.argv[1:]))

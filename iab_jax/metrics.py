@@ -120,20 +120,37 @@ def _nanmean_or_nan(values: np.ndarray) -> float:
   return float(defined.mean()) if defined.size else float("nan")
 
 
+def _scored_classes(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Classes with both positives and negatives in `labels`: the ones the macro means average.
+
+  The official metrics skip a class whose one-vs-rest target holds a single value, i.e. a class
+  absent from the labels and, when the labels hold one class only, that class too.
+  """
+  support = np.bincount(labels, minlength=num_classes)
+  return (support > 0) & (support < labels.size)
+
+
 def macro_auc_ovr(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
   """Macro one-vs-rest ROC AUC over the classes that have both positives and negatives.
 
   A class absent from the labels (or the only one present) has no ROC curve. scikit-learn raises
   there, but a small split or a subset of a test split may well miss a generator, and the other
-  classes' numbers are still meaningful, so such classes are left out of the mean. NaN when no
-  class is left.
+  classes' numbers are still meaningful, so such classes are left out of the mean, as the
+  official code leaves them out. NaN when no class is left.
   """
   return _nanmean_or_nan(per_class_auc_ap(scores, labels, num_classes)[0])
 
 
 def macro_average_precision(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-  """Macro average precision over the classes with at least one positive; NaN when none has."""
-  return _nanmean_or_nan(per_class_auc_ap(scores, labels, num_classes)[1])
+  """Macro average precision over the classes that have both positives and negatives.
+
+  As the official code: a class absent from the labels is left out, and so is the only class
+  when the labels hold a single one (its AP would be 1 whatever the scores). NaN when no class
+  is left.
+  """
+  scores, labels = _check_scores(scores, labels, num_classes)
+  ap = per_class_auc_ap(scores, labels, num_classes)[1]
+  return _nanmean_or_nan(np.where(_scored_classes(labels, num_classes), ap, np.nan))
 
 
 def grouped_accuracy(correct: np.ndarray,
@@ -167,10 +184,12 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, *, classes: S
     semantics: optional (N,) semantic class name of each example ('cat', 'FFHQ', ...).
 
   Returns:
-    num_examples, accuracy, auc_macro and ap_macro (None where undefined), confusion (rows true,
-    columns predicted), per_class_accuracy (None for a class without examples), and
-    per_semantic_accuracy / per_semantic_count when `semantics` is given (empty dicts otherwise),
-    semantic classes in the registry's order.
+    num_examples, accuracy, auc_macro and ap_macro (macro means over the classes that have both
+    positives and negatives, as the official code; None when no class has, e.g. when the labels
+    hold a single class), auc_ap_note (None, or why AUC and AP are undefined or which classes they
+    leave out), confusion (rows true, columns predicted), per_class_accuracy (None for a class
+    without examples), and per_semantic_accuracy / per_semantic_count when `semantics` is given
+    (empty dicts otherwise), semantic classes in the registry's order.
   """
   num_classes = len(classes)
   scores, labels = _check_scores(scores, labels, num_classes)
@@ -178,6 +197,8 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, *, classes: S
   pred = np.argmax(scores, axis=1)
   confusion = confusion_matrix(labels, pred, num_classes)
   auc, ap = per_class_auc_ap(scores, labels, num_classes)
+  scored = _scored_classes(labels, num_classes)
+  auc, ap = np.where(scored, auc, np.nan), np.where(scored, ap, np.nan)
   support = confusion.sum(axis=1)
   per_class = {
       name: (float(confusion[c, c] / support[c]) if support[c] else None)
@@ -198,11 +219,26 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, *, classes: S
       "accuracy": float(np.trace(confusion) / labels.size),
       "auc_macro": _none_if_nan(_nanmean_or_nan(auc)),
       "ap_macro": _none_if_nan(_nanmean_or_nan(ap)),
+      "auc_ap_note": _auc_ap_note(support, classes),
       "confusion": confusion.tolist(),
       "per_class_accuracy": per_class,
       "per_semantic_accuracy": per_semantic,
       "per_semantic_count": per_semantic_count,
   }
+
+
+def _auc_ap_note(support: np.ndarray, classes: Sequence[str]) -> str | None:
+  """Why macro AUC/AP are undefined, or which classes they leave out; None when all are scored."""
+  present = np.flatnonzero(support)
+  if len(present) == 1:
+    return (f"undefined: the labels hold one class only ({classes[present[0]]}), so no class has "
+            "both positives and negatives (the official code's means are NaN here)")
+  absent = [classes[c] for c in np.flatnonzero(support == 0)]
+  if absent:
+    shown = ", ".join(absent[:10]) + (", ..." if len(absent) > 10 else "")
+    return (f"{len(absent)} of {len(classes)} classes have no examples and are left out of the "
+            f"macro means: {shown}")
+  return None
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:

@@ -107,9 +107,51 @@ def test_undefined_auc_and_ap():
   labels = np.array([0, 0])
   # Class 0 has no negatives and class 1 no positives: no class has a ROC curve.
   assert np.isnan(metrics.macro_auc_ovr(scores, labels, 2))
-  # AP of class 0 is defined (every example is positive), class 1 is left out.
-  assert metrics.macro_average_precision(scores, labels, 2) == pytest.approx(1.0)
+  # The per-class AP of class 0 is defined (every example is positive)...
+  assert metrics.per_class_auc_ap(scores, labels, 2)[1][0] == pytest.approx(1.0)
+  # ...but the macro mean skips it, as the official metrics skip any class whose one-vs-rest
+  # target holds a single value.
+  assert np.isnan(metrics.macro_average_precision(scores, labels, 2))
   assert np.isnan(metrics.binary_average_precision(np.array([0.1, 0.2]), np.array([False, False])))
+
+
+def official_macro(scores, labels, num_classes):
+  """The official benchmark's macro AUC and AP, with scikit-learn: a class whose one-vs-rest
+  target holds a single value is skipped; NaN when every class is."""
+  onehot = np.eye(num_classes)[labels]
+  aucs, aps = [], []
+  for c in range(num_classes):
+    if len(np.unique(onehot[:, c])) < 2:
+      continue
+    aucs.append(skm.roc_auc_score(onehot[:, c], scores[:, c]))
+    aps.append(skm.average_precision_score(onehot[:, c], scores[:, c]))
+  return (np.mean(aucs) if aucs else np.nan), (np.mean(aps) if aps else np.nan)
+
+
+@pytest.mark.parametrize("case", [*CASES, "one_label", "one_label_of_one"])
+def test_macro_means_skip_classes_as_the_official_code(case):
+  if case == "one_label":
+    scores, _ = random_case(n=50, num_classes=4, seed=9)
+    labels = np.full(50, 2)
+  elif case == "one_label_of_one":
+    scores, labels = np.ones((5, 1)), np.zeros(5, dtype=int)
+  else:
+    scores, labels = random_case(**CASES[case])
+  c = scores.shape[1]
+  want_auc, want_ap = official_macro(scores, labels, c)
+  m = metrics.classification_metrics(scores, labels, classes=[f"c{i}" for i in range(c)])
+  for got, want in ((m["auc_macro"], want_auc), (m["ap_macro"], want_ap)):
+    if np.isnan(want):
+      assert got is None
+    else:
+      assert got == pytest.approx(want, abs=1e-12)
+  for got, want in ((metrics.macro_auc_ovr(scores, labels, c), want_auc),
+                    (metrics.macro_average_precision(scores, labels, c), want_ap)):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+  if case.startswith("one_label"):
+    assert m["auc_macro"] is None and m["ap_macro"] is None
+    assert "one class" in m["auc_ap_note"]
+  json.dumps(m, allow_nan=False)
 
 
 def test_confusion_and_accuracy_match_sklearn():
@@ -149,8 +191,14 @@ def test_classification_metrics_match_sklearn(case):
   rng = np.random.default_rng(11)
   semantics = rng.choice(["bedroom", "zebra", "cat", "FFHQ"], size=n)
   m = metrics.classification_metrics(scores, labels, classes=classes, semantics=semantics)
-  assert set(m) == {"num_examples", "accuracy", "auc_macro", "ap_macro", "confusion",
-                    "per_class_accuracy", "per_semantic_accuracy", "per_semantic_count"}
+  assert set(m) == {"num_examples", "accuracy", "auc_macro", "ap_macro", "auc_ap_note",
+                    "confusion", "per_class_accuracy", "per_semantic_accuracy",
+                    "per_semantic_count"}
+  if case == "absent_class":
+    assert m["auc_ap_note"] == ("1 of 5 classes have no examples and are left out of the macro "
+                                "means: class_2")
+  else:
+    assert m["auc_ap_note"] is None
   json.dumps(m, allow_nan=False)  # plain Python types only, no NaN
 
   pred = np.argmax(scores, axis=1)
@@ -204,7 +252,8 @@ def test_classification_metrics_argmax_tie_takes_first():
 def test_classification_metrics_undefined_auc_is_none():
   m = metrics.classification_metrics(np.array([[0.7, 0.3]]), np.array([0]), classes=["a", "b"])
   assert m["auc_macro"] is None
-  assert m["ap_macro"] == 1.0
+  assert m["ap_macro"] is None  # one class in the labels: the official means are NaN too
+  assert m["auc_ap_note"].startswith("undefined: the labels hold one class only (a)")
   assert m["per_class_accuracy"] == {"a": 1.0, "b": None}
   json.dumps(m, allow_nan=False)
 

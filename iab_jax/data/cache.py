@@ -9,6 +9,10 @@ it: degradations act on the originals.
 
 Layout: <data>/cache/<name>/cache.json + part-XXXXX.array_record, one per dataset shard. Building
 is resumable: a shard appears under its name only when complete, and a rerun skips those present.
+
+`worker_pool` is the process pool of the cache build and of data_prep.ingest: spawned, not forked
+(a fork copies whatever threads JAX or grain started in the parent, and os.fork() warns about it),
+and its processes exit when their parent dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -16,9 +20,14 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import multiprocessing
 import os
 import re
+import signal
 import struct
+import sys
+import threading
+import time
 
 import numpy as np
 
@@ -76,7 +85,7 @@ class Cache:
     return transforms.strip_prefix(spec, self.spec)
 
 
-def _check_spec(spec: str) -> str:
+def check_spec(spec: str) -> str:
   t = transforms.parse(spec)
   if t.is_random or t.has_degradation:
     raise ValueError(f"a cache needs a deterministic, degradation-free transform; got {spec!r}")
@@ -112,6 +121,48 @@ def find(dataset: records.Dataset, spec: str, cache: str | None) -> Cache | None
   return best
 
 
+PARENT_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def worker_pool(jobs: int, initializer=None, initargs=()) -> concurrent.futures.ProcessPoolExecutor:
+  """A pool of `jobs` spawned processes that exit as soon as this process dies.
+
+  Each process asks Linux for SIGKILL when its parent goes (prctl PR_SET_PDEATHSIG) and, on any
+  platform, watches os.getppid() from a thread every PARENT_POLL_SECONDS. Without this, workers
+  of a killed parent wait on their task queue forever (they hold its write end themselves). The
+  kernel sends the signal when the *thread* that started the process ends, so submit work from
+  a thread that lives as long as the pool (the tools here use the main thread); the watchdog
+  covers the rest.
+  """
+  return concurrent.futures.ProcessPoolExecutor(
+      jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+      initargs=(os.getpid(), initializer, tuple(initargs)))
+
+
+def _start_worker(parent: int, initializer, initargs) -> None:
+  """Pool process start-up: die with the parent, then the caller's initializer."""
+  if sys.platform.startswith("linux"):
+    try:
+      import ctypes
+
+      libc = ctypes.CDLL(None, use_errno=True)
+      libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+      pass  # no prctl here: the watchdog below still ends the process
+  if os.getppid() != parent:  # the parent died before the request took effect
+    os._exit(1)
+  threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+  if initializer is not None:
+    initializer(*initargs)
+
+
+def _watch_parent(parent: int) -> None:
+  while os.getppid() == parent:
+    time.sleep(PARENT_POLL_SECONDS)
+  os._exit(1)
+
+
 def _prepare(raw):
   return encode(np.asarray(_prepare.transform(records.decode(raw))), _prepare.codec)
 
@@ -127,13 +178,13 @@ def build(dataset: records.Dataset, spec: str = DEFAULT_SPEC, codec: str = "raw"
   from array_record.python import array_record_module
   from tqdm import tqdm
 
-  spec = _check_spec(spec)
+  spec = check_spec(spec)
   if codec not in CODECS:
     raise ValueError(f"codec must be one of {sorted(CODECS)}; got {codec!r}")
   out = out or os.path.join(dataset.root, CACHE_DIR, cache_name(spec))
   os.makedirs(out, exist_ok=True)
   jobs = jobs or os.cpu_count() or 1
-  pool = concurrent.futures.ProcessPoolExecutor(jobs, initializer=_init, initargs=(spec, codec))
+  pool = worker_pool(jobs, initializer=_init, initargs=(spec, codec))
   shards, offset = [], 0
   progress = tqdm(total=len(dataset), unit="img", disable=quiet, desc="cache")
   try:

@@ -5,12 +5,13 @@ A manifest is a JSON file, by default `<data>/splits/<name>.json`, written by `d
   {
    "format": "iab_jax.manifest", "version": 1,
    "name": "standard",                 file stem; runs log it with the digest
-   "protocol": "standard" | "semantic" | "openset",
-   "options": {...},                   seed, ratios, semantic, fold, official, ...
+   "protocol": "standard" | "semantic" | "openset" | "group",
+   "options": {...},                   seed, ratios, semantic, fold, official, test_groups, ...
    "dataset": {"fingerprint": ..., "num_records": ...},   from dataset.json
    "classes": [...],                   the run's label map (open-set: the known classes only)
    "digest": "...",                    sha256 over classes and splits: names one split exactly
-   "report": {...},                    sizes per split and class, duplicates, warnings
+   "report": {...},                    sizes per split and class (group: and per group),
+                                       duplicates, records left out, warnings
    "splits": {"train": [...], ...}     record positions in dataset order
   }
 
@@ -63,9 +64,13 @@ class Manifest:
 
 def manifest_name(protocol: str, *, semantic: str | None = None, fold: int | None = None,
                   official: bool = False) -> str:
-  """The default file stem of a manifest: standard, semantic_cat_official, openset_fold2, ..."""
+  """The default file stem of a manifest: standard, semantic_cat_official, openset_fold2, group."""
   if protocol == "standard":
     name = "standard"
+  elif protocol == "group":
+    if official:
+      raise ValueError("the official code has no group split")
+    return "group"
   elif protocol == "semantic":
     if not semantic:
       raise ValueError("a semantic manifest needs its semantic class")
@@ -77,7 +82,7 @@ def manifest_name(protocol: str, *, semantic: str | None = None, fold: int | Non
       raise ValueError("the official code has no open-set split")
     return f"openset_fold{fold}"
   else:
-    raise ValueError(f"unknown protocol {protocol!r} (standard, semantic or openset)")
+    raise ValueError(f"unknown protocol {protocol!r} (standard, semantic, openset or group)")
   return name + "_official" if official else name
 
 

@@ -29,7 +29,7 @@ _HEADER = struct.Struct("<4sI")
 DATASET_JSON = "dataset.json"
 INDEX_PARQUET = "index.parquet"
 RECORDS_DIR = "records"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records and the index carry `group` (readers fill it in for version 1)
 WRITER_OPTIONS = "group_size:1"
 
 
@@ -51,6 +51,10 @@ class ImageRecord:
   caption_id: str = ""
   caption: str = ""
   filename: str = ""  # original file name, for the official sorted-listdir order
+  # What the record's content belongs to for group-disjoint splits (data_prep.split --protocol
+  # group), e.g. its prompt; "" where it has none (every record of a dataset written before the
+  # field existed).
+  group: str = ""
   crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) applied on decode
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -63,6 +67,11 @@ class ImageRecord:
 
 
 METADATA_FIELDS = tuple(f.name for f in dataclasses.fields(ImageRecord) if f.name != "image")
+# Fields added after datasets were first written, with the value a record written before has.
+# Their index column may be absent (Dataset.column fills it in), and metadata written before
+# (chunk summaries of an ingest resumed across the change) may lack them.
+LATER_FIELDS = {"group": ""}
+SIXTEEN_BIT_MODES = ("scale", "clip")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -172,7 +181,8 @@ def write_dataset_metadata(root: str, shards: Sequence[str], metadata: Sequence[
   if unknown:
     raise ValueError(f"records of generator(s) {unknown} are not in the class list {list(classes)}")
   metadata = [{**m, "label": label_map[m["generator"]]} for m in metadata]
-  columns = {f: [m[f] for m in metadata] for f in METADATA_FIELDS}
+  columns = {f: [m.get(f, LATER_FIELDS[f]) if f in LATER_FIELDS else m[f] for m in metadata]
+             for f in METADATA_FIELDS}
   columns["extra"] = [json.dumps(e, sort_keys=True) for e in columns["extra"]]
   columns["shard"] = [i for i, s in enumerate(shard_info) for _ in range(s["num_records"])]
   table = pa.table(columns)
@@ -261,6 +271,10 @@ class Dataset:
     return self._index
 
   def column(self, name: str) -> np.ndarray:
+    """One index column in dataset order; a later field absent from an older index is filled
+    with its default (e.g. `group` is "" for every record of a dataset written before it)."""
+    if name not in self.index.column_names and name in LATER_FIELDS:
+      return np.full(len(self), LATER_FIELDS[name], dtype=object)
     return self.index.column(name).to_numpy(zero_copy_only=False)
 
   @property
@@ -294,13 +308,19 @@ class Dataset:
     return problems
 
 
-def decode(record: ImageRecord | bytes):
+def decode(record: ImageRecord | bytes, sixteen_bit: str = "scale"):
   """Decodes a record (or serialized record) to an RGB PIL image, as the benchmark loads it.
 
   Matches the official loader's `Image.open(path).convert("RGB")`, plus the recorded crop (Grok3's
-  watermark). 16-bit images are scaled to 8 bits first (PIL's convert would clip them).
+  watermark). `sixteen_bit` says what happens to 16-bit (and 32-bit integer or float) grayscale:
+  "scale" (default) maps the full range onto 0..255; "clip" is what the official loader's
+  `convert("RGB")` does, keeping values up to 255 and clipping the rest to 255, which turns most
+  16-bit photos white. 16-bit RGB(A) PNGs decode alike either way: PIL itself keeps their high
+  byte (value >> 8).
   """
   from PIL import Image
+
+  _check_sixteen_bit(sixteen_bit)
 
   if isinstance(record, (bytes, bytearray, memoryview)):
     meta, start = parse_header(record)
@@ -308,16 +328,26 @@ def decode(record: ImageRecord | bytes):
   else:
     data, crop = record.image, record.crop
   img = Image.open(io.BytesIO(data))
-  img = to_rgb(img)
+  img = to_rgb(img, sixteen_bit)
   if crop:
     img = img.crop(tuple(crop))
   return img
 
 
-def to_rgb(img):
-  """RGB conversion of any PIL mode, with 16-bit and float modes scaled rather than clipped."""
+def _check_sixteen_bit(sixteen_bit: str) -> None:
+  if sixteen_bit not in SIXTEEN_BIT_MODES:
+    raise ValueError(f"sixteen_bit must be one of {', '.join(SIXTEEN_BIT_MODES)}; "
+                     f"got {sixteen_bit!r}")
+
+
+def to_rgb(img, sixteen_bit: str = "scale"):
+  """RGB conversion of any PIL mode; 16-bit and float modes scaled ("scale") or clipped as PIL's
+  own `convert("RGB")` does ("clip", the official loader's behaviour)."""
   from PIL import Image
 
+  _check_sixteen_bit(sixteen_bit)
+  if sixteen_bit == "clip":
+    return img if img.mode == "RGB" else img.convert("RGB")
   if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
     arr = np.asarray(img, dtype=np.int64)
     peak = 65535 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -18,11 +19,12 @@ from PIL import Image
 
 from data_prep import ingest, sources
 from iab_jax.data import records
+from tests.data.test_records import png16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def png_bytes(seed, size=(24, 20), mode="RGB"):
+def png_bytes(seed, size=(40, 32), mode="RGB"):
   rng = np.random.default_rng(seed)
   arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
   buf = io.BytesIO()
@@ -30,7 +32,7 @@ def png_bytes(seed, size=(24, 20), mode="RGB"):
   return buf.getvalue()
 
 
-def jpeg_bytes(seed, size=(24, 20), **kw):
+def jpeg_bytes(seed, size=(40, 32), **kw):
   rng = np.random.default_rng(seed)
   buf = io.BytesIO()
   Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
@@ -44,7 +46,7 @@ def write(path, data):
     f.write(data)
 
 
-def make_tree(root, per_folder=3, size=(24, 20)):
+def make_tree(root, per_folder=3, size=(40, 32)):
   """A synthetic official download with files the selection rules keep and leave out.
 
   Returns the set of keys that must be ingested.
@@ -121,7 +123,9 @@ def test_records_are_original_bytes_and_metadata(tmp_path):
       original = f.read()
     assert rec.image == original
     assert rec.sha256 == records.sha256_bytes(original)
-    assert (rec.width, rec.height) == ((124, 70) if gen == "grok3" else (24, 20))
+    assert (rec.width, rec.height) == ((140, 82) if gen == "grok3" else (40, 32))
+    assert rec.extra["model_folder"] == gen and rec.group == ""
+    assert rec.extra["semantic_folder"] == rel
     assert rec.format == ("JPEG" if name.endswith(".jpg") else "PNG")
     if gen == "real":
       assert rec.levels == (1, 2, 5, 22)
@@ -164,7 +168,8 @@ def make_parquet(root, tree_root):
       if not os.path.isdir(folder):
         continue
       main, _, sub = rel.partition("/")
-      names = sorted(os.listdir(folder))[::-1]  # file order differs from filename order
+      names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))
+                     )[::-1]  # file order differs from filename order
       images = []
       for n in names:
         with open(os.path.join(folder, n), "rb") as f:
@@ -212,9 +217,10 @@ def bad_file_corpus(root):
 
   put("ok.png", png_bytes(1), "good")
   put("ok.jpg", jpeg_bytes(2), "good")
-  put("tiny.png", png_bytes(3, size=(1, 1)), "good")
+  put("tiny.png", png_bytes(3, size=(1, 1)), "warn")  # extreme shape
+  put("strip.png", png_bytes(11, size=(400, 32)), "warn")  # aspect ratio 12.5:1
   webp = io.BytesIO()
-  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(webp, "WEBP", lossless=True)
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(webp, "WEBP", lossless=True)
   put("ok.webp", webp.getvalue(), "good")
   put("zero.png", b"", "bad")
   full = png_bytes(4, size=(64, 64))
@@ -240,8 +246,10 @@ def bad_file_corpus(root):
   Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).convert("CMYK").save(cmyk, "JPEG")
   put("cmyk.jpg", cmyk.getvalue(), "warn")
   sixteen = io.BytesIO()
-  Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(sixteen, "PNG")
+  Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).save(sixteen, "PNG")
   put("sixteen_bit.png", sixteen.getvalue(), "warn")
+  put("sixteen_bit_rgb.png", png16(np.random.default_rng(12).integers(0, 65536, (32, 40, 3))),
+      "warn")
   put("rgba.png", png_bytes(7, mode="RGBA"), "warn")
   put("palette.png", png_bytes(8, mode="P"), "warn")
   put("gray.png", png_bytes(9, mode="L"), "warn")
@@ -284,6 +292,12 @@ def test_bad_files_reported_good_files_kept(tmp_path):
   assert set(warnings) == warned
   assert "content is PNG" in warnings["png_named.jpg"]
   assert "EXIF orientation 6" in warnings["exif_rotated.jpg"]
+  assert warnings["sixteen_bit_rgb.png"].startswith("16-bit RGB image, reduced to 8 bits")
+  assert "clips it" in warnings["sixteen_bit.png"]
+  assert warnings["tiny.png"].startswith("extreme shape 1x1 (a side of 1 px < 32 px)")
+  assert warnings["strip.png"].startswith("extreme shape 400x32 (aspect ratio 12.5:1 > 10:1)")
+  assert not any("extreme shape" in w["warning"] for w in report["warnings"]
+                 if os.path.basename(w["path"]) in ("ok.png", "ok.jpg", "ok.webp"))
   # Every ingested record decodes to RGB of its recorded size.
   for i in range(len(ds)):
     rec = ds[i]
@@ -291,7 +305,7 @@ def test_bad_files_reported_good_files_kept(tmp_path):
     assert img.mode == "RGB" and img.size == (rec.width, rec.height)
   # 16-bit is scaled, not clipped: the brightest pixel stays bright.
   sixteen = next(ds[i] for i in range(len(ds)) if ds[i].key.endswith("sixteen_bit.png"))
-  assert np.asarray(records.decode(sixteen)).max() == 63 * 1000 * 255 // 65535
+  assert np.asarray(records.decode(sixteen)).max() == 1023 * 60 * 255 // 65535
 
 
 def test_format_shortcut_reported(tmp_path):
@@ -333,7 +347,7 @@ def test_changed_source_is_refused(tmp_path):
 
 
 def test_cli_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match="not a directory"):
+  with pytest.raises(SystemExit, match="error: --src .*missing: no such directory"):
     ingest.main(["--src", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--quiet"])
   with pytest.raises(SystemExit):
     ingest.main(["--src", str(tmp_path), "--out", str(tmp_path / "o"), "--layout", "zip"])
@@ -365,3 +379,331 @@ def test_sigkill_then_resume_exactly_once(tmp_path):
   assert ds.verify(deep=True) == []
   reference = ingest_dataset(str(tmp_path / "src"), str(tmp_path / "ref"), chunk_size=1)
   assert ds.info["fingerprint"] == reference.info["fingerprint"]
+
+
+# --------------------------------------------------------------------------------------------
+# The official loader, rewritten from its facts (METHODS.md §0.2), as the reference.
+# --------------------------------------------------------------------------------------------
+
+OFFICIAL_MODELS = ("4o", "CogView3_PLUS", "FLUX", "KANDINSKY", "PIXART", "PLAYGROUND_2_5", "SD1_5",
+                   "SD2_1", "SD3", "SD3_5", "SDXL", "dalle3", "gemini", "grok3", "hidream",
+                   "hunyuan", "ideogram", "infinity", "janus-pro", "kling", "mid-5.2", "mid-6.0",
+                   "real")
+OFFICIAL_SEMANTIC_FOLDERS = (
+    ("cat", "AnimalFace/cat"), ("dog", "AnimalFace/dog"), ("wild", "AnimalFace/wild"),
+    ("COCO", "COCO"), ("FFHQ", "HumanFace/FFHQ"), ("celebahq", "HumanFace/celebahq"),
+    ("ImageNet-1k", "ImageNet-1k"), ("bedroom", "Scene/bedroom"), ("church", "Scene/church"),
+    ("classroom", "Scene/classroom"))
+
+
+def official_loader(root, cap=2000):
+  """The official sample list of a folder tree: [(path below root, label, semantic)].
+
+  It opens root/{model} for its 23 model names (label = position), in each its 10 semantic
+  folders, lists each with sorted(os.listdir()), passes over names without the right extension
+  (real: png/jpg/jpeg; others: png; lower-cased), stops at `cap` kept files, keeps every real
+  file and a generated one when the first re.search(r'_p(\\d+)_i(\\d+)') match has P < 1000 and K
+  in 0..1 (0..3 for mid-5.2 and mid-6.0).
+  """
+  samples = []
+  for label, model in enumerate(OFFICIAL_MODELS):
+    if not os.path.isdir(os.path.join(root, model)):
+      continue
+    allowed_k = range(4) if model in ("mid-5.2", "mid-6.0") else range(2)
+    extensions = (".png", ".jpg", ".jpeg") if model == "real" else (".png",)
+    for semantic, rel in OFFICIAL_SEMANTIC_FOLDERS:
+      folder = os.path.join(root, model, rel)
+      if not os.path.isdir(folder):
+        continue
+      taken = 0
+      for name in sorted(os.listdir(folder)):
+        if not name.lower().endswith(extensions):
+          continue
+        if taken >= cap:
+          break
+        match = re.search(r"_p(\d+)_i(\d+)", name)
+        if model == "real" or (match and int(match.group(1)) < 1000
+                               and int(match.group(2)) in allowed_k):
+          samples.append((f"{model}/{rel}/{name}", label, semantic))
+          taken += 1
+  return samples
+
+
+# Names the official loader keeps (True) or leaves out (False), per (model folder, semantic folder).
+EDGE_TREE = {
+    ("SDXL", "AnimalFace/cat"): {
+        "x_p20_i0.PNG": True, "x_p21_i0_v2.png": True, "x_p22_i0_p23_i5.png": True,
+        "x_p26_i0.png.png": True, "x_p27_i0.jpg.png": True, "x_p28_i0 copy.png": True,
+        "x_p0999_i1.png": True, "x_p5_i00.png": True, "x_p6_i01.png": True,
+        "x_p1000_i0.png": False, "x_p30_i2.png": False, "x_p31.png": False,
+        "x_p32_i0.jpg": False, "x_p33_i0.png.txt": False, "y_i0_p5.png": False,
+        "x_p34_i5_p35_i0.png": False},
+    ("mid-6.0", "AnimalFace/cat"): {"z_p1_i3.png": True, "z_p1_i4.png": False},
+    ("real", "AnimalFace/cat"): {"a.JPG": True, "b.jpeg": True, "c.webp": False, "d.png": True,
+                                 "e.PNG": True, "f.jpg.txt": False, "x_p1_i7.png": True},
+    ("real", "Scene/bedroom"): {"r1.png": True, "r2.jpg": True},
+    ("SD2_1", "Scene/bedroom"): {"s_p2_i0.png": True, "s_p3_i0.png": True},
+    ("sd-v2.1", "Scene/bedroom"): {"s_p4_i0.png": False},  # an alias folder: never opened
+    ("FLUX2_KLEIN", "COCO"): {"k_p1_i0.png": False},  # a generator the code does not know
+    ("Real", "COCO"): {"rr.png": False},  # "real" with a capital: another folder
+    # The cap (EDGE_CAP in the tests): names the rules refuse do not count towards it.
+    ("SD3", "COCO"): {**{f"c_p{p}_i0.png": p < 22 for p in range(10, 25)},
+                      **{f"c_p{p}_i5.png": False for p in range(10, 25, 3)},
+                      **{f"c_p{p}_i0.jpg": False for p in range(11, 25, 4)}},
+}
+EDGE_CAP = 12  # more than any other folder keeps
+
+
+def make_edge_tree(root):
+  """EDGE_TREE on disk, plus files a folders-layout ingest finds but the official loader does not
+  (a subfolder of a semantic folder, a semantic folder under another name)."""
+  seed = 500
+  for (model, rel), names in EDGE_TREE.items():
+    for name in names:
+      seed += 1
+      lower = name.lower()
+      data = jpeg_bytes(seed) if lower.endswith((".jpg", ".jpeg")) else png_bytes(seed)
+      write(os.path.join(root, model, rel, name), data)
+  write(os.path.join(root, "SDXL", "AnimalFace", "cat", "extra", "x_p40_i0.png"), png_bytes(1))
+  write(os.path.join(root, "SDXL", "cat", "x_p41_i0.png"), png_bytes(2))
+
+
+def test_official_selection_edge_cases(tmp_path, monkeypatch):
+  monkeypatch.setattr(sources, "MAX_PER_FOLDER", EDGE_CAP)
+  for (model, _), names in EDGE_TREE.items():
+    if model in ("SDXL", "mid-6.0", "real"):
+      kept, _ = sources.select_official(list(names)[::-1], model)
+      assert kept == sorted(n for n, keep in names.items() if keep), model
+  make_edge_tree(str(tmp_path / "src"))
+  expected = {path for path, _, _ in official_loader(str(tmp_path / "src"), cap=EDGE_CAP)}
+  assert expected == {f"{m}/{r}/{n}" for (m, r), names in EDGE_TREE.items()
+                      for n, keep in names.items() if keep}
+  make_parquet(str(tmp_path / "hf"), str(tmp_path / "src"))
+  for layout, src in (("tree", "src"), ("parquet", "hf")):
+    enum = sources.enumerate_source(str(tmp_path / src), layout)
+    got = {f"{c.extra['model_folder']}/{c.extra['semantic_folder']}/{c.filename}"
+           for c in enum.candidates}
+    # Ingest also takes the alias and unknown model folders (they are our data); the official
+    # split leaves them out (test_split). In the official folders it keeps exactly what the
+    # official loader keeps.
+    assert {g for g in got if g.split("/")[0] in OFFICIAL_MODELS} == expected, layout
+    assert {"sd-v2.1/Scene/bedroom/s_p4_i0.png", "FLUX2_KLEIN/COCO/k_p1_i0.png",
+            "Real/COCO/rr.png"} <= got, layout
+    by_name = {c.filename: c for c in enum.candidates}
+    # The caption id comes from the first _p{P}_i{K}.
+    assert by_name["x_p22_i0_p23_i5.png"].caption_id == "cat/p22"
+    assert by_name["x_p0999_i1.png"].caption_id == "cat/p999"
+    assert by_name["s_p4_i0.png"].generator == "SD2_1"
+  ignored = dict(sources.enumerate_source(str(tmp_path / "src"), "tree").ignored)
+  cat = os.path.join(str(tmp_path / "src"), "SDXL", "AnimalFace", "cat")
+  assert ignored[os.path.join(cat, "x_p30_i2.png")] == "image index K > 1"
+  assert ignored[os.path.join(cat, "x_p32_i0.jpg")] == "generated image without a .png extension"
+  assert ignored[os.path.join(str(tmp_path / "src"), "SD3", "COCO", "c_p23_i0.png")] == (
+      f"over the {EDGE_CAP}-file cap")
+
+
+def test_sixteen_bit_rgb_warned_and_decoded(tmp_path):
+  rgb = np.random.default_rng(3).integers(0, 65536, (32, 40, 3))
+  write(tmp_path / "src" / "cls" / "deep.png", png16(rgb))
+  write(tmp_path / "src" / "cls" / "deep_alpha.png",
+        png16(np.random.default_rng(4).integers(0, 65536, (32, 40, 4))))
+  write(tmp_path / "src" / "cls" / "plain.png", png_bytes(1))
+  ds = ingest_dataset(str(tmp_path / "src"), str(tmp_path / "out"), layout="folders")
+  with open(tmp_path / "out" / "ingest_report.json") as f:
+    warnings = {os.path.basename(w["path"]): w["warning"] for w in json.load(f)["warnings"]}
+  assert set(warnings) == {"deep.png", "deep_alpha.png"}
+  assert warnings["deep.png"] == ("16-bit RGB image, reduced to 8 bits on decode (PIL keeps the "
+                                  "high byte of each value)")
+  assert warnings["deep_alpha.png"].endswith("alpha dropped")
+  deep = next(ds[i] for i in range(len(ds)) if ds[i].key.endswith("/deep.png"))
+  np.testing.assert_array_equal(np.asarray(records.decode(deep)), rgb >> 8)
+
+
+def test_symlink_loops_are_reported(tmp_path):
+  src = tmp_path / "src"
+  write(src / "real" / "a.png", png_bytes(1))
+  write(src / "real" / "sub" / "b.png", png_bytes(2))
+  write(src / "elsewhere" / "c.png", png_bytes(3))
+  os.symlink("..", src / "real" / "sub" / "up")  # back to real/: a loop
+  os.symlink(str(src / "real"), src / "real" / "sub" / "again")  # absolute, same loop
+  os.symlink("selfloop.png", src / "real" / "selfloop.png")  # a file link to itself
+  os.symlink("loop_b", src / "real" / "loop_a")  # two links pointing at each other
+  os.symlink("loop_a", src / "real" / "loop_b")
+  os.symlink(str(src / "elsewhere"), src / "real" / "linked")  # a directory link: followed
+  os.symlink("../real/sub", src / "elsewhere" / "back")
+  enum = sources.enumerate_source(str(src), "folders")
+  # Each label walks every directory it reaches once: real/linked/back is real/sub, walked as such.
+  keys = sorted(c.key for c in enum.candidates)
+  assert keys == ["elsewhere/back/again/a.png", "elsewhere/back/b.png", "elsewhere/c.png",
+                  "real/a.png", "real/linked/c.png", "real/sub/b.png"]
+  reasons = {os.path.relpath(p, src): why for p, why in enum.ignored}
+  assert reasons["real/sub/up"] == (f"directory symlink loop (it leads back to {src / 'real'}, "
+                                    "a folder above it)")
+  assert reasons["real/sub/again"].startswith("directory symlink loop")
+  assert reasons["real/selfloop.png"] == "symbolic link loop"
+  assert reasons["real/loop_a"] == reasons["real/loop_b"] == "symbolic link loop"
+  assert reasons["real/linked/back"] == (f"directory reached twice through a symlink (already "
+                                         f"walked as {src / 'real' / 'sub'})")
+  assert reasons["elsewhere/back/again/linked"].startswith("directory symlink loop")
+  # And end to end: the ingest finishes and lists them.
+  ingest_dataset(str(src), str(tmp_path / "out"), layout="folders")
+  with open(tmp_path / "out" / "ingest_report.json") as f:
+    report = json.load(f)
+  assert report["left_out_reasons"]["directory symlink loop"] >= 3
+  assert "symbolic link loop" in (tmp_path / "out" / "ingest_report.txt").read_text()
+
+
+def make_grouped(root):
+  """Label folders with prompt subfolders, a file directly in a label folder and a stray file."""
+  seed = 900
+  for label in ("real", "SDXL"):
+    for prompt in ("prompt_00", "prompt_01", "prompt_02"):
+      for k in range(2):
+        seed += 1
+        write(os.path.join(root, label, prompt, f"img{k}.png"), png_bytes(seed))
+    write(os.path.join(root, label, "prompt_03.png"), png_bytes(seed + 100))
+  write(os.path.join(root, "real", "misc", "stray.png"), png_bytes(seed + 200))
+
+
+def test_group_from_dirname(tmp_path):
+  make_grouped(str(tmp_path / "src"))
+  ds = ingest_dataset(str(tmp_path / "src"), str(tmp_path / "out"), layout="folders",
+                      group_from="dirname")
+  groups = dict(zip(ds.column("key"), ds.column("group")))
+  assert groups["real/prompt_01/img1.png"] == "prompt_01"
+  assert groups["SDXL/prompt_01/img0.png"] == "prompt_01"
+  assert groups["SDXL/prompt_03.png"] == "prompt_03"  # directly in the label folder: its stem
+  assert groups["real/misc/stray.png"] == "misc"
+  assert ds[0].group == groups[ds[0].key]
+  with open(tmp_path / "out" / "ingest_report.json") as f:
+    assert json.load(f)["groups"]["num_groups"] == 5
+
+
+def test_group_from_regex_reports_unmatched_files(tmp_path):
+  make_grouped(str(tmp_path / "src"))
+  ds = ingest_dataset(str(tmp_path / "src"), str(tmp_path / "out"), layout="folders",
+                      group_from=r"regex:prompt_(\d+)")
+  groups = dict(zip(ds.column("key"), ds.column("group")))
+  assert groups["real/prompt_02/img0.png"] == "02" and groups["real/prompt_03.png"] == "03"
+  assert "real/misc/stray.png" not in groups
+  with open(tmp_path / "out" / "ingest_report.json") as f:
+    report = json.load(f)
+  stray = [i for i in report["ignored"] if i["path"].endswith("stray.png")]
+  assert stray and stray[0]["reason"].startswith(r"no group: --group_from regex:prompt_(\d+)")
+  # The whole match when the pattern has no group.
+  ds = ingest_dataset(str(tmp_path / "src"), str(tmp_path / "whole"), layout="folders",
+                      group_from=r"regex:prompt_\d+")
+  assert set(ds.column("group")) == {f"prompt_0{i}" for i in range(4)}
+
+
+def test_other_group_from_on_resume_is_refused(tmp_path):
+  make_grouped(str(tmp_path / "src"))
+  ingest_dataset(str(tmp_path / "src"), str(tmp_path / "out"), layout="folders",
+                 group_from="dirname")
+  with pytest.raises(SystemExit, match="group_from differs"):
+    ingest.run_worker(str(tmp_path / "src"), str(tmp_path / "out"), layout="folders", jobs=1,
+                      quiet=True, group_from=r"regex:prompt_(\d+)")
+  with pytest.raises(SystemExit, match="group_from differs"):
+    ingest.run_worker(str(tmp_path / "src"), str(tmp_path / "out"), layout="folders", jobs=1,
+                      quiet=True)
+  with open(tmp_path / "out" / "ingest" / "plan.json") as f:
+    assert json.load(f)["group_from"] == "dirname"
+
+
+def test_group_from_user_errors(tmp_path):
+  make_tree(tmp_path / "tree", per_folder=1)
+  make_grouped(str(tmp_path / "folders"))
+  for args, message in (
+      (["--src", str(tmp_path / "tree"), "--group_from", "dirname"],
+       "--group_from applies to --layout folders, but --src .* is read as layout tree"),
+      (["--src", str(tmp_path / "folders"), "--group_from", "regex:("],
+       r"--group_from regex:\(: not a valid regular expression"),
+      (["--src", str(tmp_path / "folders"), "--group_from", "folder"],
+       "--group_from must be dirname or regex:PATTERN"),
+  ):
+    with pytest.raises(SystemExit, match=message):
+      ingest.main([*args, "--out", str(tmp_path / "out"), "--quiet"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_size_shortcut_flagged(tmp_path):
+  for k in range(10):
+    write(tmp_path / "src" / "a" / f"big{k}.png", png_bytes(k, size=(64, 48)))
+    write(tmp_path / "src" / "a" / f"small{k}.png", png_bytes(100 + k))
+    write(tmp_path / "src" / "b" / f"small{k}.png", png_bytes(200 + k))
+    write(tmp_path / "src" / "b" / f"more{k}.png", png_bytes(300 + k))
+  ingest_dataset(str(tmp_path / "src"), str(tmp_path / "out"), layout="folders")
+  with open(tmp_path / "out" / "ingest_report.json") as f:
+    report = json.load(f)
+  audit = report["size_audit"]
+  assert [(g["format"], g["width"], g["height"], g["count"]) for g in audit["flagged"]] == [
+      ("PNG", 64, 48, 10)]
+  assert audit["flagged"][0]["distance"] == pytest.approx(1.0)
+  assert audit["metadata_accuracy"] == pytest.approx(0.75)
+  assert audit["majority_rate"] == pytest.approx(0.5)
+  assert "total-variation" in audit["rule"]
+  text = (tmp_path / "out" / "ingest_report.txt").read_text()
+  assert "WARNING size shortcut: PNG 64x48: 10 records (25%), a 100%" in text
+
+
+def _descendants(pid):
+  """Live (not zombie) processes below `pid`, read from /proc."""
+  parents = {}
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if fields[0] != "Z":
+      parents[int(entry)] = int(fields[1])
+  found, frontier = set(), {pid}
+  while frontier:
+    frontier = {p for p, parent in parents.items() if parent in frontier} - found
+    found |= frontier
+  return found
+
+
+def _alive(pid):
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_ingest_leaves_no_workers(tmp_path):
+  """SIGKILL of an ingest: its decode processes exit within seconds rather than linger."""
+  make_tree(tmp_path / "src", per_folder=4, size=(256, 256))
+  out = tmp_path / "out"
+  proc = subprocess.Popen([sys.executable, "-m", "data_prep.ingest", "--src", str(tmp_path / "src"),
+                           "--out", str(out), "--chunk_size", "2", "--jobs", "2", "--quiet"],
+                          cwd=ROOT)
+  workers = set()
+  try:
+    deadline = time.time() + 120
+    chunks = out / "ingest" / "chunks"
+    while time.time() < deadline and proc.poll() is None:
+      workers = _descendants(proc.pid)
+      if len(workers) >= 2 and chunks.exists() and any(
+          f.endswith(".json") for f in os.listdir(chunks)):
+        break
+      time.sleep(0.05)
+    assert proc.poll() is None, "the ingest finished before it could be killed"
+    workers = _descendants(proc.pid)
+    assert len(workers) >= 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(_alive(p) for p in workers):
+      time.sleep(0.05)
+    assert not [p for p in workers if _alive(p)], "decode workers outlived their killed parent"
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    for p in workers:
+      if _alive(p):
+        os.kill(p, signal.SIGKILL)

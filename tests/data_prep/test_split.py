@@ -1,6 +1,7 @@
 """Tests of data_prep.split: stratified splits, disjointness, open-set folds, official splits."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -9,23 +10,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import split
+from data_prep import sources, split
 from iab_jax.data import generators
 from iab_jax.data import manifests
 from iab_jax.data import records
+from tests.data_prep.test_ingest import (EDGE_CAP, ingest_dataset, make_edge_tree,
+                                         official_loader)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # generator -> semantic -> number of records. dalle3 has no cat (semantic task 1 has no training
-# data for it); my_model is not in the registry. The sums of int(0.8 n) and, in cat, of
-# int(0.9 n) are odd, so the official even cut of train has something to drop.
+# data for it); my_model is not in the registry (and no folder the official code opens). The
+# sums of int(0.8 n), over all records and over the cats of the official classes, are odd, so
+# the official even cut of train has something to drop.
 COUNTS = {
     "4o": {"cat": 13, "bedroom": 11, "FFHQ": 9, "dog": 4},
     "FLUX": {"cat": 10, "bedroom": 7, "FFHQ": 6},
     "SDXL": {"cat": 20, "bedroom": 12, "FFHQ": 9, "COCO": 9},
     "real": {"cat": 12, "bedroom": 10, "FFHQ": 10, "dog": 9},
     "mid-6.0": {"cat": 7, "bedroom": 8, "FFHQ": 4},
-    "kling": {"cat": 6, "bedroom": 5, "FFHQ": 4},
+    "kling": {"cat": 7, "bedroom": 5, "FFHQ": 4},
     "dalle3": {"bedroom": 9, "FFHQ": 8},
     "my_model": {"cat": 5, "bedroom": 6, "FFHQ": 4},
 }
@@ -60,8 +64,9 @@ def _clean_records(counts=COUNTS):
   for gen, per in counts.items():
     for sem, n in per.items():
       for j in range(n):
-        # Names like 0.png 1.png 10.png: string order differs from numeric order.
-        recs.append(_record(gen, sem, f"{j}.png", _png(seed)))
+        # Names like x_p0_i0.png x_p1_i0.png x_p10_i0.png, which the official selection rules
+        # keep: string order differs from numeric order.
+        recs.append(_record(gen, sem, f"x_p{j}_i0.png", _png(seed)))
         seed += 1
   return recs
 
@@ -79,12 +84,12 @@ def dups(tmp_path_factory):
                    }.items():
     for sem, n in per.items():
       for j in range(n):
-        recs.append(_record(gen, sem, f"{j}.png", _png(seed)))
+        recs.append(_record(gen, sem, f"x_p{j}_i0.png", _png(seed)))
         seed += 1
   sdxl_cat = [r for r in recs if r.key.startswith("SDXL/cat/")]
-  recs.append(_record("SDXL", "cat", "copy.png", sdxl_cat[0].image))
-  recs.append(_record("FLUX", "cat", "twin.png", sdxl_cat[1].image))
-  recs.append(_record("SDXL", "dog", "again.png", sdxl_cat[2].image))
+  recs.append(_record("SDXL", "cat", "copy_p90_i0.png", sdxl_cat[0].image))
+  recs.append(_record("FLUX", "cat", "twin_p91_i0.png", sdxl_cat[1].image))
+  recs.append(_record("SDXL", "dog", "again_p92_i0.png", sdxl_cat[2].image))
   return _write(tmp_path_factory.mktemp("dups"), recs)
 
 
@@ -156,14 +161,15 @@ def test_standard_keeps_identical_images_together(dups):
 
 def test_cross_label_copies_stay_out_of_test(dups):
   keys = dups.column("key").tolist()
-  twins = {keys.index("SDXL/cat/1.png"), keys.index("FLUX/cat/twin.png")}
+  twins = {keys.index("SDXL/cat/x_p1_i0.png"), keys.index("FLUX/cat/twin_p91_i0.png")}
   for seed in range(12):
     m = split.standard_split(dups, seed=seed)
     assert twins <= set(m["splits"]["train"])
   dup = m["report"]["duplicates"]
   assert dup["groups"] == 3 and dup["extra_copies"] == 3
   assert dup["cross_label_groups"] == 1
-  assert set(dup["cross_label_examples"][0]["keys"]) == {"SDXL/cat/1.png", "FLUX/cat/twin.png"}
+  assert set(dup["cross_label_examples"][0]["keys"]) == {"SDXL/cat/x_p1_i0.png",
+                                                         "FLUX/cat/twin_p91_i0.png"}
   assert any("byte-identical" in w for w in m["report"]["warnings"])
 
 
@@ -209,10 +215,11 @@ def test_semantic_aliases_and_errors(clean):
 def test_semantic_drops_test_copies_of_training_images(dups):
   m = split.semantic_split(dups, "cat")
   keys = dups.column("key")
-  assert "SDXL/dog/again.png" not in _keys(dups, m["splits"]["test"])
+  assert "SDXL/dog/again_p92_i0.png" not in _keys(dups, m["splits"]["test"])
   dropped = m["report"]["dropped"]["test image identical to a train/val image"]
-  assert dropped == {"count": 1, "keys": ["SDXL/dog/again.png"]}
-  assert {"SDXL/cat/1.png", "FLUX/cat/twin.png"} <= _keys(dups, m["splits"]["train"])
+  assert dropped == {"count": 1, "keys": ["SDXL/dog/again_p92_i0.png"]}
+  assert {"SDXL/cat/x_p1_i0.png", "FLUX/cat/twin_p91_i0.png"} <= _keys(dups,
+                                                                       m["splits"]["train"])
   _assert_partition(dups, m, len(keys) - 1)
 
 
@@ -263,9 +270,147 @@ def test_openset_unknown_fraction_and_errors(clean):
 
 def test_openset_drops_unknown_copies_of_known_images(dups):
   m = split.openset_split(dups, split.openset_folds(dups.classes, 2).index(["FLUX"]), num_folds=2)
-  assert "FLUX/cat/twin.png" not in _keys(dups, m["splits"]["test_unknown"])
+  assert "FLUX/cat/twin_p91_i0.png" not in _keys(dups, m["splits"]["test_unknown"])
   assert m["report"]["dropped"]["unknown-class image identical to an image of another class"][
-      "keys"] == ["FLUX/cat/twin.png"]
+      "keys"] == ["FLUX/cat/twin_p91_i0.png"]
+
+
+# --------------------------------------------------------------------------------------------
+# group
+# --------------------------------------------------------------------------------------------
+
+GROUPS = [f"prompt_{g:02d}" for g in range(20)]
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+  """20 prompt groups of real/SDXL/FLUX images, kling in six of them only; an SDXL image in two
+  groups; a cross-label copy inside prompt_05; two records without a group."""
+  recs, seed = [], 50_000
+  for g, group in enumerate(GROUPS):
+    for gen in ("real", "SDXL", "FLUX") + (("kling",) if g < 6 else ()):
+      for k in range(2):
+        seed += 1
+        rec = _record(gen, "cat", f"{group}_{k}_p{g}_i{k}.png", _png(seed))
+        rec.group = group
+        recs.append(rec)
+  by_key = {r.key: r for r in recs}
+  twin = _record("SDXL", "cat", "dup_p11_i1.png", by_key["SDXL/cat/prompt_03_0_p3_i0.png"].image)
+  twin.group = "prompt_11"
+  cross = _record("real", "cat", "cross.png", by_key["FLUX/cat/prompt_05_1_p5_i1.png"].image)
+  cross.group = "prompt_05"
+  recs += [twin, cross, _record("real", "cat", "free_0.png", _png(1)),
+           _record("real", "cat", "free_1.png", _png(2))]
+  return _write(tmp_path_factory.mktemp("grouped"), recs)
+
+
+def _sides_of_groups(ds, m):
+  groups = ds.column("group")
+  sides = {}
+  for name, positions in m["splits"].items():
+    for p in positions:
+      sides.setdefault(groups[p], set()).add(name)
+  return sides
+
+
+def test_group_split_keeps_groups_whole(grouped):
+  m = split.group_split(grouped, 4, 3, seed=0)
+  assert m["name"] == "group" and m["protocol"] == "group"
+  assert m["classes"] == grouped.classes
+  sides = _sides_of_groups(grouped, m)
+  assert set(sides) == set(GROUPS)  # the two records without a group are in no split
+  assert all(len(v) == 1 for v in sides.values())
+  assert m["report"]["num_groups"] == {"train": 13, "val": 3, "test": 4}
+  test_groups, val_groups = m["options"]["test_groups"], m["options"]["val_groups"]
+  assert len(test_groups) == 4 and len(val_groups) == 3
+  assert {g for g, v in sides.items() if v == {"test"}} == set(test_groups)
+  assert m["options"]["seed"] == 0 and m["options"]["requested"] == {"test": "4", "val": "3"}
+  per_group = m["report"]["per_group"]
+  assert set(per_group["test"]) == set(test_groups)
+  assert sum(per_group["test"].values()) == m["report"]["sizes"]["test"]
+  sha = grouped.column("sha256")
+  seen = [set(sha[np.asarray(p, dtype=np.int64)].tolist()) for p in m["splits"].values()]
+  assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+  assert any("2 records have no group" in w for w in m["report"]["warnings"])
+  assert split.group_split(grouped, 4, 3, seed=0) == m
+  assert split.group_split(grouped, 4, 3, seed=1)["options"]["test_groups"] != test_groups
+  # --val_groups defaults to as many groups as test.
+  assert split.group_split(grouped, 5, seed=0)["report"]["num_groups"] == {
+      "train": 10, "val": 5, "test": 5}
+
+
+def test_group_split_balances_classes(grouped):
+  """kling lives in 6 of 20 groups: a blind draw of 4 test groups misses it one time in five."""
+  for seed in range(12):
+    m = split.group_split(grouped, 4, 3, seed=seed)
+    for side in ("train", "val", "test"):
+      assert m["report"]["per_class"][side].get("kling", 0) > 0, (seed, side)
+    assert not any("missing" in w for w in m["report"]["warnings"]), seed
+  # When whole groups cannot balance a class, the report says so.
+  m = split.group_split(grouped, "prompt_10,prompt_11", "prompt_12")
+  assert "classes missing from val: kling (whole groups cannot balance them)" in m[
+      "report"]["warnings"]
+
+
+def test_group_split_named_groups(grouped):
+  m = split.group_split(grouped, "prompt_01, prompt_02", "prompt_03")
+  assert m["options"]["test_groups"] == ["prompt_01", "prompt_02"]
+  assert m["options"]["val_groups"] == ["prompt_03"]
+  m = split.group_split(grouped, ["prompt_07"], 2, seed=3)
+  assert m["options"]["test_groups"] == ["prompt_07"] and len(m["options"]["val_groups"]) == 2
+  assert split.parse_group_request("7,") == ["7"] and split.parse_group_request("7") == 7
+  with pytest.raises(split.SplitError, match="no group named 'prompt_99'"):
+    split.group_split(grouped, "prompt_99")
+  with pytest.raises(split.SplitError, match="named for both test and val"):
+    split.group_split(grouped, "prompt_01", "prompt_01")
+  with pytest.raises(split.SplitError, match="leave none of the 20 groups to train on"):
+    split.group_split(grouped, 10, 10)
+  with pytest.raises(split.SplitError, match="at least one group"):
+    split.group_split(grouped, 0, 2)
+
+
+def test_group_split_duplicates_never_straddle(grouped):
+  keys = grouped.column("key").tolist()
+  twin = {keys.index("SDXL/cat/prompt_03_0_p3_i0.png"), keys.index("SDXL/cat/dup_p11_i1.png")}
+  cross = {keys.index("FLUX/cat/prompt_05_1_p5_i1.png"), keys.index("real/cat/cross.png")}
+  straddled = 0
+  for seed in range(12):
+    m = split.group_split(grouped, 4, 3, seed=seed)
+    where = {p: name for name, positions in m["splits"].items() for p in positions}
+    sides = _sides_of_groups(grouped, m)
+    if sides["prompt_03"] != sides["prompt_11"]:
+      straddled += 1
+      # The earlier side (train, val, test) keeps the image; the other copy is dropped.
+      kept = [p for p in twin if p in where]
+      assert len(kept) == 1
+      first = min(sides["prompt_03"] | sides["prompt_11"], key=("train", "val", "test").index)
+      assert where[kept[0]] == first
+      assert m["report"]["dropped"][
+          "image identical to one on an earlier side (train, val, test)"]["count"] >= 1
+    if sides["prompt_05"] != {"train"}:  # a cross-label pair is never scored
+      assert not cross & set(where)
+  assert straddled  # the seeds exercised it
+
+
+def test_group_split_needs_groups(clean):
+  with pytest.raises(split.SplitError, match="has no groups"):
+    split.group_split(clean, 2)
+
+
+def test_group_cli(grouped, capsys):
+  paths = split.main(["--data", grouped.root, "--protocol", "group", "--test_groups", "4",
+                      "--val_groups", "prompt_00,prompt_01", "--seed", "5"])
+  assert paths == [os.path.join(grouped.root, "splits", "group.json")]
+  out = capsys.readouterr().out
+  assert "group: protocol group, seed 5" in out
+  assert "val groups: prompt_00, prompt_01" in out
+  loaded = manifests.load_manifest(paths[0], grouped)
+  assert loaded.protocol == "group" and loaded.options["val_groups"] == ["prompt_00", "prompt_01"]
+  assert manifests.manifest_name("group") == "group"
+  with pytest.raises(SystemExit):
+    split.main(["--data", grouped.root, "--protocol", "group"])
+  with pytest.raises(SystemExit, match="error: --test_groups prompt_77: no group named"):
+    split.main(["--data", grouped.root, "--protocol", "group", "--test_groups", "prompt_77"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,20 +418,26 @@ def test_openset_drops_unknown_copies_of_known_images(dups):
 # --------------------------------------------------------------------------------------------
 
 
-def _reference_samples(ds):
-  """The official sample list, built folder by folder: (dataset position, label, semantic)."""
-  gens, sems = ds.column("generator").tolist(), ds.column("semantic").tolist()
-  files = ds.column("filename").tolist()
-  known = list(generators.OFFICIAL_MODEL_ORDER)
-  models = [m for m in known if m in gens] + sorted(set(gens) - set(known))
-  semantics = list(generators.SEMANTIC_ORDER) + sorted(set(sems) - set(generators.SEMANTIC_ORDER))
-  samples = []
-  for model in models:
-    for sem in semantics:
-      folder = {files[i]: i for i in range(len(gens)) if gens[i] == model and sems[i] == sem}
-      for name in sorted(folder):
-        samples.append((folder[name], ds.classes.index(model), sem))
-  return samples
+def _reference_samples(ds, tree):
+  """The official sample list of the folder tree the dataset's records form, written under
+  `tree` (each record at {model folder}/{semantic folder}/{file name}, the folders as ingest
+  recorded them or, for records without, its generator and semantic class), as the official
+  loader (test_ingest.official_loader) lists it: [(dataset position, label, semantic)]."""
+  position = {}
+  extras = ds.column("extra")
+  for i in range(len(ds)):
+    rec = ds[i]
+    extra = json.loads(extras[i])
+    folder = os.path.join(str(tree), extra.get("model_folder", rec.generator),
+                          extra.get("semantic_folder", generators.SEMANTICS[rec.semantic][0]))
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, rec.filename)
+    assert not os.path.exists(path)
+    with open(path, "wb") as f:
+      f.write(rec.image)
+    position[os.path.relpath(path, str(tree)).replace(os.sep, "/")] = i
+  return [(position[path], label, sem) for path, label, sem in official_loader(
+      str(tree), cap=sources.MAX_PER_FOLDER)]
 
 
 def _reference_finish(samples, train, val, test):
@@ -301,8 +452,8 @@ def _reference_finish(samples, train, val, test):
   return out, odd
 
 
-def _reference_standard(ds, seed=42):
-  samples = _reference_samples(ds)
+def _reference_standard(samples, seed=42):
+  """stratified_split_by_label as the official code does it (80/10/10)."""
   np.random.seed(seed)
   by_label = {}
   for i, (_, label, _) in enumerate(samples):
@@ -317,8 +468,8 @@ def _reference_standard(ds, seed=42):
   return _reference_finish(samples, train, val, test)
 
 
-def _reference_semantic(ds, chosen, seed=42):
-  samples = _reference_samples(ds)
+def _reference_semantic(samples, chosen, seed=42):
+  """split_dataset_trainval_by_label_semantics with get_dataloader's train_ratio default, 0.8."""
   np.random.seed(seed)
   by_label = {}
   for i, (_, label, sem) in enumerate(samples):
@@ -328,7 +479,7 @@ def _reference_semantic(ds, chosen, seed=42):
     for sem, idx in per_sem.items():
       np.random.shuffle(idx)
       if sem == chosen:
-        n_train = int(0.9 * len(idx))
+        n_train = int(0.8 * len(idx))
         train += idx[:n_train]
         val += idx[n_train:]
       else:
@@ -336,32 +487,76 @@ def _reference_semantic(ds, chosen, seed=42):
   return _reference_finish(samples, train, val, test)
 
 
-def test_dataset_order_is_not_official(clean):
-  order = [p for p, _, _ in _reference_samples(clean)]
-  assert order != list(range(len(clean)))
+def test_dataset_order_is_not_official(clean, tmp_path):
+  order = [p for p, _, _ in _reference_samples(clean, tmp_path)]
+  assert order != sorted(order)
 
 
 @pytest.mark.parametrize("seed", [42, 3])
-def test_official_standard_matches_reference(clean, seed):
+def test_official_standard_matches_reference(clean, seed, tmp_path):
   state = np.random.get_state()
   m = split.standard_split(clean, official=True, seed=seed)
   assert np.all(np.random.get_state()[1] == state[1])  # numpy's global RNG is left alone
-  expected, odd = _reference_standard(clean, seed)
+  expected, odd = _reference_standard(_reference_samples(clean, tmp_path), seed)
   assert odd or seed != 42  # the even cut was exercised
   for name in ("train", "val", "test"):
     assert m["splits"][name] == expected[name], name
   assert m["name"] == "standard_official" and m["options"]["official"] is True
-  assert m["classes"] == clean.classes
+  # my_model is no folder the official code opens: it is left out, and its class too.
+  assert m["classes"] == [c for c in clean.classes if c != "my_model"]
+  left = m["report"]["official_left_out"]["in a model folder the official code does not open"]
+  assert left["count"] == sum(COUNTS["my_model"].values())
+  assert left["by_folder"] == {"my_model": 15}
 
 
 @pytest.mark.parametrize("semantic", ["cat", "bedroom"])
-def test_official_semantic_matches_reference(clean, semantic):
+def test_official_semantic_matches_reference(clean, semantic, tmp_path):
   m = split.semantic_split(clean, semantic, official=True)
-  expected, odd = _reference_semantic(clean, semantic)
+  expected, odd = _reference_semantic(_reference_samples(clean, tmp_path), semantic)
   assert odd or semantic != "cat"
   for name in ("train", "val", "test"):
     assert m["splits"][name] == expected[name], name
   assert m["name"] == f"semantic_{semantic}_official"
+  assert m["options"]["ratios"] == [0.8, 0.2]
+  # The code's 8:2, not the paper's 9:1: SDXL has 20 cats, so 16 train and 4 val.
+  if semantic == "cat":
+    gens = clean.column("generator")
+    assert [(gens[m["splits"][s]] == "SDXL").sum() for s in ("train", "val")] == [16, 4]
+
+
+@pytest.mark.parametrize("layout", ["tree", "folders"])
+def test_official_split_of_any_tree_matches_the_official_loader(tmp_path, monkeypatch, layout):
+  """Edge-case file names, alias and unknown model folders, folders the loader never lists."""
+  monkeypatch.setattr(sources, "MAX_PER_FOLDER", EDGE_CAP)
+  make_edge_tree(str(tmp_path / "src"))
+  ds = ingest_dataset(str(tmp_path / "src"), str(tmp_path / "data"), layout=layout)
+  samples = official_loader(str(tmp_path / "src"), cap=EDGE_CAP)
+  extras = [json.loads(e) for e in ds.column("extra")]
+  position = {f"{e['model_folder']}/{e['semantic_folder']}/{name}": i
+              for i, (e, name) in enumerate(zip(extras, ds.column("filename")))}
+  samples = [(position[path], label, sem) for path, label, sem in samples]
+  for seed in (42, 7):
+    m = split.standard_split(ds, official=True, seed=seed)
+    expected, _ = _reference_standard(samples, seed)
+    for name in ("train", "val", "test"):
+      assert m["splits"][name] == expected[name], (seed, name)
+  m = split.semantic_split(ds, "cat", official=True)
+  expected, _ = _reference_semantic(samples, "cat")
+  for name in ("train", "val", "test"):
+    assert m["splits"][name] == expected[name], name
+  left = m["report"]["official_left_out"]
+  assert left["in a model folder the official code does not open"]["by_folder"] == {
+      "FLUX2_KLEIN": 1, "Real": 1, "sd-v2.1": 1}
+  assert "FLUX2_KLEIN" not in m["classes"] and "SD2_1" in m["classes"]
+  if layout == "folders":  # ingest kept these; the official loader never lists them
+    assert left["outside its semantic class's official folder"]["count"] == 2
+    # The image files of official folders that the rules refuse: 6 SDXL, 1 mid-6.0, 1 real
+    # (.webp), 9 SD3; and 3 more SD3 files over the cap.
+    assert left["file name refused by the official selection rules"]["count"] == 17
+    assert left[f"over the official {EDGE_CAP}-file cap of its folder"]["count"] == 3
+  assert any(w.startswith("left out ") and "model folder the official code does not open" in w
+             for w in m["report"]["warnings"])
+  assert "left out" in split.summary(m)
 
 
 def test_official_reports_duplicates_across_splits(dups):
@@ -407,6 +602,8 @@ def test_cli_subprocess_official(clean, tmp_path):
       cwd=ROOT, capture_output=True, text=True, check=False)
   assert proc.returncode == 0, proc.stderr
   assert "semantic_cat_official" in proc.stdout
+  assert ("warning: left out 15 records the official loader would not load: 15 in a model folder "
+          "the official code does not open (my_model 15)") in proc.stdout
   m = manifests.load_manifest(out, clean)
-  expected, _ = _reference_semantic(clean, "cat")
+  expected, _ = _reference_semantic(_reference_samples(clean, tmp_path / "tree"), "cat")
   np.testing.assert_array_equal(m.splits["train"], expected["train"])
