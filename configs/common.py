@@ -3,7 +3,12 @@
 A method config calls `task_config(arg, ...)` with its recipe and overrides what else it needs.
 `arg` is what follows the `:` in `--config configs/<method>.py:<arg>`: a task (`standard`,
 `semantic1|2|3`, `semantic:<class>`), optionally followed by comma-separated options:
-`runlocal` shrinks the run to a smoke test, `data=DIR` points at a dataset directory.
+`runlocal` shrinks the run to a smoke test, `data=DIR` points at a dataset directory,
+`official` reproduces the official PyTorch code where it changes numbers (its split, its 16-bit
+decoding, testing the last epoch instead of the best; methods add their own deviations).
+
+List-valued fields are tuples, so that the command line can override them:
+`--config.evals.test.levels=0,3,5`.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ import os
 import ml_collections
 
 from iab_jax import tasks
+from iab_jax.data import manifests
 
 # The paper resizes and center-crops images to 256x256 (section 4).
 EVAL_TRANSFORM = "resize(256)|central_crop(256)"
 NUM_LEVELS = 7  # clean + the six degradations
+MINIBENCH_DIR = tasks.MINIBENCH_DIR  # where `input.prepare = "minibench"` may build it
+OPTIONS = ("runlocal", "data", "official")
 
 
 def default_worker_count() -> int:
@@ -28,7 +36,7 @@ def default_worker_count() -> int:
   return min(16, max(0, (os.cpu_count() or 1) - 2))
 
 
-def input_config(data_dir: str = "workdir/minibench", manifest: str = "",
+def input_config(data_dir: str = MINIBENCH_DIR, manifest: str = "",
                  transform: str = EVAL_TRANSFORM, eval_transform: str = EVAL_TRANSFORM,
                  batch_size: int = 32) -> ml_collections.ConfigDict:
   """The input section of a run config; fields map onto iab_jax.data.pipeline.make_dataset.
@@ -37,7 +45,12 @@ def input_config(data_dir: str = "workdir/minibench", manifest: str = "",
   name under <data_dir>/splits, or a file.
   cache: "auto" reads a pre-resized cache whose ops begin `transform` when one was built
   (python -m data_prep.build_cache), "" never does, or a cache directory.
-  prepare: "minibench" builds the built-in mini-bench and the task's manifest if absent.
+  prepare: "minibench" builds the built-in mini-bench and the task's manifest when they are
+  absent, and only at MINIBENCH_DIR: any other data_dir must already hold a dataset.
+  worker_count: grain processes that decode (0: threads of the training process).
+  read_threads, prefetch_batches, worker_buffer_batches: the read-ahead, in batches; the pipeline
+  holds about iab_jax.data.pipeline.buffered_batches(...) batches, so its memory stays bounded.
+  sixteen_bit: 16-bit images to 8 bits by "scale" (ours) or "clip" (the official loader).
   """
   return ml_collections.ConfigDict({
       "data_dir": data_dir,
@@ -48,6 +61,10 @@ def input_config(data_dir: str = "workdir/minibench", manifest: str = "",
       "eval_batch_size": batch_size,
       "cache": "auto",
       "worker_count": default_worker_count(),
+      "read_threads": 2,
+      "prefetch_batches": 2,
+      "worker_buffer_batches": 1,
+      "sixteen_bit": "scale",
       "prepare": "",
   })
 
@@ -58,10 +75,18 @@ def parse_arg(arg: str) -> tuple[tasks.Task, dict[str, str | bool]]:
   options: dict[str, str | bool] = {}
   for item in rest:
     key, sep, value = item.partition("=")
-    if key not in ("runlocal", "data"):
-      raise ValueError(f"unknown config option {key!r} in {arg!r}; known: runlocal, data=DIR")
+    if key not in OPTIONS:
+      raise ValueError(f"unknown config option {key!r} in {arg!r}; known: runlocal, data=DIR, "
+                       "official")
+    if (key == "data") != bool(sep) or (sep and not value):
+      raise ValueError(f"config option {item!r} in {arg!r}: expected "
+                       + ("data=DIR" if key == "data" else key))
     options[key] = value if sep else True
-  return tasks.parse_task(task_text), options
+  task = tasks.parse_task(task_text)
+  if options.get("official") and task.protocol not in ("standard", "semantic"):
+    raise ValueError(f"config option 'official' in {arg!r}: the official code has only the "
+                     "standard and semantic tasks")
+  return task, options
 
 
 def task_config(arg: str, *, method: str, standard_epochs: int = 10, semantic_epochs: int = 15,
@@ -77,14 +102,23 @@ def task_config(arg: str, *, method: str, standard_epochs: int = 10, semantic_ep
   config.task = task.name
   config.input = input_config(str(options.get("data", data_dir)), transform=transform,
                               eval_transform=eval_transform, batch_size=batch_size)
-  config.num_epochs = standard_epochs if task.protocol == "standard" else semantic_epochs
+  config.num_epochs = semantic_epochs if task.protocol == "semantic" else standard_epochs
   config.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": learning_rate})
   config.evals = ml_collections.ConfigDict({
-      "test": {"type": "classification", "split": "test", "levels": list(range(NUM_LEVELS))}})
+      "test": {"type": "classification", "split": "test", "levels": tuple(range(NUM_LEVELS))}})
   config.seed = 0
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0: at the end of each epoch only
+  config.test_checkpoint = "best"  # "best" by validation accuracy (the paper), or "last"
   config.distributed = False
+  config.official = bool(options.get("official"))
+  if config.official:
+    # The official code recomputes its own split each run (data_prep.split --official writes it),
+    # clips 16-bit images (PIL's convert) and tests the last epoch's model, not the best one.
+    config.input.manifest = manifests.manifest_name(task.protocol, semantic=task.semantic,
+                                                    official=True)
+    config.input.sixteen_bit = "clip"
+    config.test_checkpoint = "last"
   if options.get("runlocal"):
     config.num_epochs = 1
     config.log_every_steps = 1

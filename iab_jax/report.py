@@ -12,6 +12,11 @@ gives one cell per training class, "clean/degraded" with degraded the mean over 
 and their mean. An Avg row averages each column over the methods that have it. In each column the
 best method is bold and the second underlined; a semantic cell marks its two halves separately.
 
+Runs of the `group` task (a user's own data split by groups) fill the standard columns, in rows of
+their own ("<method> (group split)"). Under the table, the baselines each run recorded: chance, and a
+classifier that sees only each image's file format and size (iab_jax.data.shortcuts); an attributor
+that does no better than the latter may have learnt the file, not the generator.
+
 Outputs in --out: table3.md, table3.csv, table3.tex, one confusion-matrix PNG per run and eval,
 and TensorBoard summaries of the same numbers through a CLU metric writer.
 """
@@ -88,6 +93,9 @@ class Table:
   keys: tuple[str, ...]
   values: np.ndarray  # (len(rows), len(keys)) float64
   marks: np.ndarray  # (len(rows), len(keys)) BEST, SECOND or 0; the Avg row is never marked
+  # Clean accuracy (%) of the baselines the runs recorded: {"chance"|"metadata": {key: value}},
+  # keys the clean keys of the table ("standard/clean", "semantic/cat/clean").
+  baselines: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,16 +236,40 @@ def _column_marks(column: np.ndarray) -> np.ndarray:
   return marks
 
 
+GROUP_SUFFIX = " (group split)"
+BASELINE_TITLES = {"chance": "chance",
+                   "metadata": "metadata only (majority label per file format and size, fit on "
+                               "the training split)"}
+
+
+def _baselines(run: dict[str, Any]) -> dict[str, float]:
+  """The run's recorded baselines in percent: chance and the metadata-only classifier."""
+  out = {}
+  recorded = run.get("baselines") or {}
+  if recorded.get("chance") is not None:
+    out["chance"] = 100.0 * float(recorded["chance"])
+  elif run.get("classes"):
+    out["chance"] = 100.0 / len(run["classes"])
+  metadata = recorded.get("metadata") or {}
+  if metadata.get("accuracy") is not None:
+    out["metadata"] = 100.0 * float(metadata["accuracy"])
+  return out
+
+
 def table3(runs: Sequence[dict[str, Any]], eval_name: str = TABLE_EVAL) -> Table:
   """Table 3 from runs as `load_runs` returns them; runs of other tasks are ignored."""
-  display: dict[str, str] = {}  # registry name -> display name, in first-seen order
+  display: dict[str, str] = {}  # row id -> display name, in first-seen order
   standard: dict[str, dict[int, float]] = {}
   semantic: dict[str, dict[str, dict[int, float]]] = {}
   where: dict[tuple[str, str], str] = {}
+  baseline_values: dict[str, dict[str, list[float]]] = {}
   for run in runs:
     method, task = run["method"], run["task"]
-    if task == "standard":
+    row = method
+    if task in ("standard", "group"):
       key = (method, task)
+      if task == "group":  # the user's own split: same columns, a row of its own
+        row = method + "@group"
     elif task.startswith("semantic:"):
       raw = task.split(":", 1)[1]
       key = (method, "semantic:" + (generators.semantic_name(raw) or raw))
@@ -247,12 +279,17 @@ def table3(runs: Sequence[dict[str, Any]], eval_name: str = TABLE_EVAL) -> Table
       raise ValueError(f"method {method!r}, task {key[1]!r} has two runs: {where[key]} and "
                        f"{run.get('_path', '?')}")
     where[key] = run.get("_path", "?")
-    display.setdefault(method, run.get("method_display") or method)
+    name = run.get("method_display") or method
+    display.setdefault(row, name + (GROUP_SUFFIX if task == "group" else ""))
     acc = _level_accuracies(run, eval_name)
-    if key[1] == "standard":
-      standard[method] = acc
+    if key[1] in ("standard", "group"):
+      standard[row] = acc
+      clean_key = "standard/clean"
     else:
-      semantic.setdefault(method, {})[key[1].split(":", 1)[1]] = acc
+      semantic.setdefault(row, {})[key[1].split(":", 1)[1]] = acc
+      clean_key = f"semantic/{key[1].split(':', 1)[1]}/clean"
+    for kind, value in _baselines(run).items():
+      baseline_values.setdefault(kind, {}).setdefault(clean_key, []).append(value)
   if not display:
     raise ValueError(f"none of the {len(runs)} runs is a 'standard' or 'semantic:<class>' run")
 
@@ -286,8 +323,26 @@ def table3(runs: Sequence[dict[str, Any]], eval_name: str = TABLE_EVAL) -> Table
   marks = np.zeros(values.shape, dtype=np.int8)
   for k in range(len(keys)):
     marks[:-1, k] = _column_marks(values[:-1, k])
+  baselines = {kind: {key: float(np.mean(v)) for key, v in per_key.items()}
+               for kind, per_key in baseline_values.items()}
   return Table(header=tuple(header), rows=tuple(display[m] for m in methods) + (AVG_ROW,),
-               methods=methods, keys=keys, values=values, marks=marks)
+               methods=tuple(m.replace("@group", ":group") for m in methods), keys=keys,
+               values=values, marks=marks, baselines=baselines)
+
+
+def baseline_note(table: Table) -> str:
+  """One line under the table: each baseline's clean accuracy per column that has one."""
+  titles = {k: c.title for c in table.header for k in c.keys}
+  parts = []
+  for kind in ("chance", "metadata"):
+    per_key = table.baselines.get(kind) or {}
+    if not per_key:
+      continue
+    cells = ", ".join(f"{titles.get(k, k).replace('Clean Acc. (%)', 'standard')} {v:.1f}"
+                      for k, v in sorted(per_key.items(), key=lambda kv: table.keys.index(kv[0])
+                                         if kv[0] in table.keys else len(table.keys)))
+    parts.append(f"{BASELINE_TITLES[kind]}: {cells}")
+  return ("Baselines, clean accuracy (%): " + "; ".join(parts) + ".") if parts else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +379,9 @@ def to_markdown(table: Table) -> str:
   for r, name in enumerate(table.rows):
     cells = [_cell(table, r, c, fmt, MISSING) for c in table.header]
     lines.append(f"| {esc(name)} | " + " | ".join(cells) + " |")
+  note = baseline_note(table)
+  if note:
+    lines += ["", note]
   return "\n".join(lines) + "\n"
 
 
@@ -334,6 +392,9 @@ def to_csv(table: Table) -> str:
   writer.writerow(("method",) + table.keys)
   for r, name in enumerate(table.rows):
     writer.writerow([name] + ["" if np.isnan(v) else repr(float(v)) for v in table.values[r]])
+  for kind, per_key in table.baselines.items():
+    writer.writerow([f"baseline: {kind}"] + [repr(per_key[k]) if k in per_key else ""
+                                             for k in table.keys])
   return buf.getvalue()
 
 
@@ -366,7 +427,12 @@ def to_latex(table: Table) -> str:
       lines.append(r"\midrule")
     cells = [_cell(table, r, c, fmt, "--") for c in table.header]
     lines.append(latex_escape(name) + " & " + " & ".join(cells) + r" \\")
-  lines += [r"\bottomrule", r"\end{tabular}"]
+  lines.append(r"\bottomrule")
+  note = baseline_note(table)
+  if note:
+    lines.append(rf"\multicolumn{{{len(table.header) + 1}}}{{l}}{{\footnotesize "
+                 + latex_escape(note) + r"} \\")
+  lines.append(r"\end{tabular}")
   return "\n".join(lines) + "\n"
 
 
@@ -466,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--latest", action="store_true",
                       help="when a method and task has several runs, keep the newest 'created'")
   parser.add_argument("--eval", default=TABLE_EVAL, help="which eval of each run the table reads")
-  parser.add_argument("--no-summaries", action="store_true",
+  parser.add_argument("--no_summaries", action="store_true",
                       help="skip the TensorBoard summaries (and the TensorFlow import)")
   args = parser.parse_args(argv)
 
@@ -474,7 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = load_runs(args.runs, latest=args.latest)
     table = table3(runs, eval_name=args.eval)
   except (ValueError, OSError) as e:
-    sys.exit(f"report: error: {e}")
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   os.makedirs(args.out, exist_ok=True)
   markdown = to_markdown(table)
   for name, text in (("table3.md", markdown), ("table3.csv", to_csv(table)),

@@ -1,8 +1,10 @@
 """Benchmark tasks: what `configs/<method>.py:<task>` means, and the data a task trains on.
 
-Tasks are `standard`, `semantic1|2|3` (the paper's sub-tasks: cat, bedroom, FFHQ) and
-`semantic:<class>` for any of the ten semantic classes. A task names its manifest under
-`<data_dir>/splits/` (`standard`, `semantic_cat`, ...), written by `python -m data_prep.split`.
+Tasks are `standard`, `semantic1|2|3` (the paper's sub-tasks: cat, bedroom, FFHQ),
+`semantic:<class>` for any of the ten semantic classes, and `group` (a user's own folders split
+by groups such as prompts: test groups are never seen in training). A task names its manifest
+under `<data_dir>/splits/` (`standard`, `semantic_cat`, `group`, ...), written by
+`python -m data_prep.split`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from iab_jax.data import generators, manifests, records
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  name: str  # canonical: "standard" or "semantic:<class>"
-  protocol: str  # "standard" | "semantic"
+  name: str  # canonical: "standard", "semantic:<class>" or "group"
+  protocol: str  # "standard" | "semantic" | "group"
   semantic: str | None = None  # the training class of a semantic task
 
   @property
@@ -27,10 +29,11 @@ class Task:
 
 
 def parse_task(text: str) -> Task:
-  """'standard' | 'semantic1'..'semantic3' | 'semantic:<class>' -> Task; clear error otherwise."""
+  """'standard' | 'semantic1'..'semantic3' | 'semantic:<class>' | 'group' -> Task; clear error
+  otherwise."""
   text = text.strip()
-  if text == "standard":
-    return Task("standard", "standard")
+  if text in ("standard", "group"):
+    return Task(text, text)
   if text.startswith("semantic:"):
     name = generators.semantic_name(text.split(":", 1)[1])
     if name is None:
@@ -44,8 +47,8 @@ def parse_task(text: str) -> Task:
       raise ValueError(f"task {text!r}: the paper's semantic sub-tasks are {known}")
     name = generators.SEMANTIC_TASKS[k]
     return Task(f"semantic:{name}", "semantic", name)
-  raise ValueError(f"unknown task {text!r}; expected standard, semantic1, semantic2, semantic3 "
-                   "or semantic:<class>")
+  raise ValueError(f"unknown task {text!r}; expected standard, semantic1, semantic2, semantic3, "
+                   "semantic:<class> or group")
 
 
 @dataclasses.dataclass
@@ -72,6 +75,16 @@ def manifest_path(data_dir: str, manifest: str) -> str:
   return os.path.join(data_dir, manifests.SPLITS_DIR, manifest + ".json")
 
 
+MINIBENCH_DIR = "workdir/minibench"  # the one place `prepare = "minibench"` builds the mini-bench
+
+
+def builds_minibench(input_config) -> bool:
+  """Whether this input config builds the mini-bench on first use: only at MINIBENCH_DIR, so that
+  a data_dir pointing anywhere else gets the usual error instead of a mini-bench written there."""
+  return (input_config.get("prepare") == "minibench"
+          and os.path.abspath(input_config.data_dir) == os.path.abspath(MINIBENCH_DIR))
+
+
 def prepare_minibench(data_dir: str, task: Task) -> None:
   """Builds the built-in mini-bench and the task's manifest where they are absent (quickstart)."""
   from data_prep import minibench, split  # data preparation, only needed for this convenience
@@ -83,29 +96,64 @@ def prepare_minibench(data_dir: str, task: Task) -> None:
     ds = records.Dataset(data_dir)
     if task.protocol == "standard":
       made = split.standard_split(ds)
-    else:
+    elif task.protocol == "semantic":
       made = split.semantic_split(ds, task.semantic)
+    else:
+      raise ValueError(f"task {task.name}: the mini-bench has no groups; run "
+                       "`python -m data_prep.split --protocol group` on your own data")
     manifests.save_manifest(made, path)
 
 
-def load(input_config, task: Task) -> TaskData:
-  """Opens the dataset and the manifest the input config names, checking they belong together."""
+def _split_command(data_dir: str, task: Task, official: bool = False) -> str:
+  command = f"python -m data_prep.split --data {data_dir} --protocol {task.protocol}"
+  if task.protocol == "semantic":
+    command += f" --semantic {task.semantic}"
+  if task.protocol == "group":
+    command += " --test_groups N --val_groups N"
+  return command + (" --official" if official else "")
+
+
+def check_files(input_config, task: Task, before_build: bool = True) -> str | None:
+  """The manifest path the run will read, after checking that the dataset and the manifest exist.
+
+  File checks only, no pixels and no JAX, so that a wrong path fails within a second. Returns
+  None when the mini-bench will be built first (builds_minibench) and `before_build`.
+  """
   data_dir = input_config.data_dir
-  if input_config.get("prepare") == "minibench":
-    prepare_minibench(data_dir, task)
+  if before_build and builds_minibench(input_config):
+    return None
   if not os.path.exists(os.path.join(data_dir, records.DATASET_JSON)):
+    what = (f"{records.DATASET_JSON} missing" if os.path.isdir(data_dir)
+            else "the directory does not exist")
     raise FileNotFoundError(
-        f"config.input.data_dir={data_dir!r} holds no dataset ({records.DATASET_JSON} missing); "
-        "build one with `python -m data_prep.ingest` or `python -m data_prep.minibench`")
-  dataset = records.Dataset(data_dir)
-  path = manifest_path(data_dir, input_config.manifest or task.manifest_name)
+        f"config.input.data_dir={data_dir!r} holds no dataset ({what}); build one with "
+        "`python -m data_prep.ingest` or `python -m data_prep.minibench`")
+  name = input_config.manifest or task.manifest_name
+  path = manifest_path(data_dir, name)
   if not os.path.exists(path):
-    command = f"python -m data_prep.split --data {data_dir} --protocol {task.protocol}"
-    if task.protocol == "semantic":
-      command += f" --semantic {task.semantic}"
-    raise FileNotFoundError(f"manifest {path!r} not found; write it with `{command}`")
+    official = name.endswith("_official")
+    raise FileNotFoundError(f"manifest {path!r} not found; write it with "
+                            f"`{_split_command(data_dir, task, official)}`")
+  return path
+
+
+def load(input_config, task: Task, classes: list[str] | None = None,
+         any_protocol: bool = False) -> TaskData:
+  """Opens the dataset and the manifest the input config names, checking they belong together.
+
+  `classes` replaces the manifest's label map: a trained run tested on other data keeps its own
+  classes, and records of generators it does not know get label -1 (not scored).
+  `any_protocol` accepts a manifest of another protocol (testing a run on other splits).
+  """
+  data_dir = input_config.data_dir
+  if builds_minibench(input_config):
+    prepare_minibench(data_dir, task)
+  path = check_files(input_config, task, before_build=False)
+  dataset = records.Dataset(data_dir)
   manifest = manifests.load_manifest(path, dataset)
-  if manifest.protocol != task.protocol:
+  if manifest.protocol != task.protocol and not any_protocol:
     raise ValueError(f"config.input.manifest {path!r} is a {manifest.protocol} split, but the "
                      f"task is {task.name}")
+  if classes is not None:
+    manifest = dataclasses.replace(manifest, classes=list(classes))
   return TaskData(dataset, manifest, manifests.labels_for(manifest, dataset))

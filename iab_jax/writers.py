@@ -2,7 +2,7 @@
 
 Process 0 writes TensorBoard event files and `metrics.jsonl` (one JSON object per step and
 kind, easy to load with pandas) under the workdir and logs every scalar; other processes only
-log. `Progress` reports steps/s, images/s and the ETA of the whole run.
+log. `Progress` measures steps/s, images/s and the ETA of the whole run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-from absl import logging
 
 
 def hide_gpus_from_tensorflow() -> None:
@@ -102,7 +101,8 @@ def check_finite(step: int, scalars: Mapping[str, float]) -> None:
                              + ", ".join(f"{k}={scalars[k]}" for k in bad))
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """12m05s, 1h02m03s."""
   seconds = int(round(seconds))
   h, rest = divmod(seconds, 3600)
   m, s = divmod(rest, 60)
@@ -128,7 +128,5 @@ class Progress:
       return {}
     rate = steps / seconds
     eta = (self.total_steps - step) / rate
-    logging.info("step %d/%d: %.2f steps/s, %.1f images/s, ETA %s", step, self.total_steps,
-                 rate, rate * self.global_batch, _duration(eta))
     return {"perf/steps_per_sec": rate, "perf/images_per_sec": rate * self.global_batch,
             "perf/eta_seconds": eta}

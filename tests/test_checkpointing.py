@@ -72,3 +72,20 @@ def test_restore_onto_shardings(tmp_path):
   restored = ckpt.restore(1, target)
   assert restored["params"]["w"].sharding == sharding
   ckpt.close()
+
+
+def test_model_restores_alone_without_the_optimizer(tmp_path):
+  ckpt = checkpointing.Checkpoints(str(tmp_path), asynchronous=False)
+  state = {"params": {"w": jnp.full((3,), 2.0)}, "model_state": {"batch_stats": {"m": jnp.ones(2)}},
+           "opt_state": (jnp.zeros(3), {"mu": jnp.zeros(3)}), "step": jnp.int32(7)}
+  ckpt.save(7, state, None, {"epoch": 1}, metrics={"val_accuracy": 0.5})
+  ckpt.wait()
+  # An evaluation knows the model but not the optimizer that trained it.
+  target = {"params": {"w": jnp.zeros(3)}, "model_state": {"batch_stats": {"m": jnp.zeros(2)}}}
+  model = ckpt.restore_model(7, target)
+  np.testing.assert_array_equal(model["params"]["w"], [2, 2, 2])
+  np.testing.assert_array_equal(model["model_state"]["batch_stats"]["m"], [1, 1])
+  assert set(model) == {"params", "model_state"}
+  full = ckpt.restore(7, state)
+  assert int(full["step"]) == 7 and set(full) == set(state)
+  ckpt.close()

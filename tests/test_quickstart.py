@@ -22,18 +22,20 @@ def _recipe(target: str) -> list[str]:
 
 
 def test_quickstart(tmp_path):
-  workdir, data = str(tmp_path / "quickstart"), str(tmp_path / "minibench")
+  # Run from an empty directory: the quickstart builds its mini-bench at ./workdir/minibench.
+  workdir, data = str(tmp_path / "quickstart"), str(tmp_path / "workdir" / "minibench")
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   commands = _recipe("quickstart")
   assert len(commands) == 3
   outputs = []
   for command in commands:
-    command = command.replace("$(BIN)/python", sys.executable).replace("$(QUICKSTART)", workdir)
+    command = (command.replace("$(BIN)/python", sys.executable).replace("$(QUICKSTART)", workdir)
+               .replace("configs/", os.path.join(ROOT, "configs") + "/"))
     if "iab_jax.main" in command:  # smaller than the real quickstart, same path through the code
-      command += f" --config.input.data_dir={data} --config.num_epochs=4"
-    done = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+      command += " --config.num_epochs=4"
+    done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     outputs.append(done.stdout)
   # The first run built the mini-bench and its standard split; the second added the cat split.

@@ -217,9 +217,16 @@ def test_csv_round_trip(runs_dir):
   table = report.table3(report.load_runs([runs_dir]))
   rows = list(csv.reader(io.StringIO(report.to_csv(table))))
   assert rows[0] == ["method"] + list(table.keys)
-  assert [r[0] for r in rows[1:]] == list(table.rows)
-  got = np.array([[float(x) if x else np.nan for x in r[1:]] for r in rows[1:]])
+  methods = rows[1:len(table.rows) + 1]
+  assert [r[0] for r in methods] == list(table.rows)
+  got = np.array([[float(x) if x else np.nan for x in r[1:]] for r in methods])
   np.testing.assert_array_equal(got, table.values)  # full precision, NaN as empty
+  # Then one row per baseline the runs recorded, in the clean columns.
+  baselines = {r[0]: r[1:] for r in rows[len(table.rows) + 1:]}
+  assert set(baselines) == {f"baseline: {k}" for k in table.baselines}
+  chance = baselines["baseline: chance"]
+  assert float(chance[table.keys.index("standard/clean")]) == pytest.approx(100 / 3)
+  assert chance[table.keys.index("standard/ds_0.5")] == ""
   assert rows[2][table.keys.index("standard/avg") + 1] == ""
 
 
@@ -337,10 +344,42 @@ def test_cli_duplicates_and_latest(tmp_path, capsys):
   write_run(runs, "b", make_run("resnet50", "standard", [0.7] * 7,
                                 created="2026-11-21T10:00:00+00:00"))
   out = tmp_path / "out"
-  with pytest.raises(SystemExit, match="--latest"):
-    report.main(["--runs", str(runs), "--out", str(out), "--no-summaries"])
-  assert report.main(["--runs", str(runs), "--out", str(out), "--latest", "--no-summaries"]) == 0
+  assert report.main(["--runs", str(runs), "--out", str(out), "--no_summaries"]) == 2
+  assert "--latest" in capsys.readouterr().err
+  assert report.main(["--runs", str(runs), "--out", str(out), "--latest", "--no_summaries"]) == 0
   rows = list(csv.reader(open(out / "table3.csv")))
   assert float(rows[1][1]) == pytest.approx(70.0)
   assert not glob.glob(str(out / "events.out.tfevents*"))
   capsys.readouterr()
+
+
+def test_baselines_under_the_table(tmp_path):
+  runs = tmp_path / "runs"
+  run = make_run("resnet50", "standard", [0.9] * 7)
+  run["baselines"] = {"chance": 0.25, "metadata": {"accuracy": 0.625}}
+  write_run(runs, "a", run)
+  cat = make_run("resnet50", "semantic:cat", [0.5] * 7)
+  cat["baselines"] = {"chance": 0.25, "metadata": {"accuracy": 0.5}}
+  write_run(runs, "b", cat)
+  table = report.table3(report.load_runs([runs]))
+  assert table.baselines["chance"] == {"standard/clean": 25.0, "semantic/cat/clean": 25.0}
+  assert table.baselines["metadata"] == {"standard/clean": 62.5, "semantic/cat/clean": 50.0}
+  note = report.to_markdown(table).strip().splitlines()[-1]
+  assert note.startswith("Baselines, clean accuracy (%): chance: standard 25.0, Train on Cat 25.0")
+  assert "file format and size" in note and "standard 62.5, Train on Cat 50.0" in note
+  tex = report.to_latex(table)
+  assert r"\footnotesize Baselines" in tex and tex.rstrip().endswith(r"\end{tabular}")
+  # A run without recorded baselines still gives chance from its classes.
+  plain = make_run("resnet50", "standard", [0.9] * 7)
+  assert report.table3([plain]).baselines == {"chance": {"standard/clean": 100 / len(CLASSES)}}
+
+
+def test_group_runs_fill_the_standard_columns_in_their_own_row():
+  standard = make_run("resnet50", "standard", [0.9] * 7)
+  group = make_run("resnet50", "group", [0.4] * 7)
+  table = report.table3([standard, group])
+  assert table.rows == ("ResNet-50", "ResNet-50 (group split)", report.AVG_ROW)
+  clean = table.keys.index("standard/clean")
+  assert table.values[0, clean] == pytest.approx(90.0)
+  assert table.values[1, clean] == pytest.approx(40.0)
+  assert table.methods == ("resnet50", "resnet50:group")

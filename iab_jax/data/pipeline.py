@@ -11,7 +11,15 @@ One function, `make_dataset`, serves training and evaluation on one host or many
   - a degradation level is a `degrade(k)` op prepended to the method's transform: it acts on the
     decoded original, before any resize, as the benchmark applies it;
   - with a pre-resized cache (iab_jax.data.cache) whose ops begin the transform, records are read
-    from the cache and only the remaining ops run (never under a degradation, which needs originals).
+    from the cache and only the remaining ops run (never under a degradation, which needs originals);
+  - memory is bounded: batches are formed before the conversion to an iterator (so that worker
+    processes give exactly the batches one process gives), and the read-ahead is set explicitly
+    in batches, never grain's default of hundreds of elements. A process holds about
+    `read_threads + prefetch_batches` batches in flight; each worker process as many again plus
+    `worker_buffer_batches` batches queued for the trainer (see `buffered_batches`);
+  - every batch is checked for one image shape: a transform that does not end in a fixed size
+    (central_crop(256), resize(256, 256), ...) on images of mixed sizes fails with one line naming
+    the transform and the two shapes, not deep inside NumPy.
 
 Elements are dicts of numpy arrays: image (HWC, uint8 or float32 after normalize), label (int32,
 -1 for classes outside the manifest's label map), semantic (int32 index into SEMANTIC_ORDER, -1 if
@@ -21,11 +29,12 @@ unknown), position (int64 record position), mask (bool, False for padding).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import grain
 import numpy as np
 
+from iab_jax import errors
 from iab_jax.data import cache as cache_lib
 from iab_jax.data import generators, records, transforms
 
@@ -57,6 +66,31 @@ class RecordsSource(grain.sources.RandomAccessDataSource):
     return f"RecordsSource({len(self._paths)} shards, {len(self)} records)"
 
 
+# Read-ahead defaults, in batches (see make_dataset). At batch 32 of 256x256 float32 images
+# (25 MiB a batch) one process holds about (2 + 2) x 25 MiB of batches in flight.
+READ_THREADS = 2
+PREFETCH_BATCHES = 2
+WORKER_BUFFER_BATCHES = 1
+
+
+class InputError(errors.UserError):
+  """The data cannot go through the configured transform (a user error, not a bug)."""
+
+
+def buffered_batches(read_threads: int = READ_THREADS, prefetch_batches: int = PREFETCH_BATCHES,
+                     worker_count: int = 0,
+                     worker_buffer_batches: int = WORKER_BUFFER_BATCHES) -> int:
+  """About how many batches the pipeline holds at most: its memory is this x one batch.
+
+  Each process that reads (the trainer's, or each worker) has `read_threads` batches being made
+  and `prefetch_batches` ready; each worker also queues `worker_buffer_batches` for the trainer.
+  """
+  per_reader = read_threads + prefetch_batches
+  if worker_count <= 0:
+    return per_reader
+  return worker_count * (per_reader + worker_buffer_batches)
+
+
 @dataclasses.dataclass
 class Prepare:
   """Decodes one record and applies the transform; picklable for grain worker processes."""
@@ -65,12 +99,13 @@ class Prepare:
   labels: np.ndarray  # label of every dataset record under the run's label map
   semantics: np.ndarray  # semantic index of every dataset record
   from_cache: bool
+  sixteen_bit: str = "scale"  # 16-bit images: "scale" to 8 bits, or "clip" as the official code
 
   def __call__(self, element, rng: np.random.Generator | None = None):
     if self.from_cache:
       image = cache_lib.decode(element["raw"])
     else:
-      image = records.decode(element["raw"])
+      image = records.decode(element["raw"], sixteen_bit=self.sixteen_bit)
     position = element["position"]
     return {
         "image": self.transform(image, rng),
@@ -82,6 +117,25 @@ class Prepare:
 
   def random_map(self, element, rng):
     return self(element, rng)
+
+
+@dataclasses.dataclass
+class Stack:
+  """Stacks examples into a batch, refusing images of different shapes with a clear message."""
+
+  transform_spec: str
+
+  def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    first = examples[0]["image"]
+    for example in examples[1:]:
+      image = example["image"]
+      if image.shape != first.shape or image.dtype != first.dtype:
+        raise InputError(
+            f"transform {self.transform_spec!r} yields images of different shapes: "
+            f"{first.shape} {first.dtype} (record {int(examples[0]['position'])}) and "
+            f"{image.shape} {image.dtype} (record {int(example['position'])}); end it with a "
+            "fixed-size op such as central_crop(256) or resize(256, 256)")
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
 def semantic_ids(dataset: records.Dataset) -> np.ndarray:
@@ -104,12 +158,27 @@ def make_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     worker_count: int = 0,
+    read_threads: int = READ_THREADS,
+    prefetch_batches: int = PREFETCH_BATCHES,
+    worker_buffer_batches: int = WORKER_BUFFER_BATCHES,
+    sixteen_bit: str = "scale",
 ) -> grain.IterDataset:
   """Batches of one split. `batch_size` is global: each process yields batch_size/process_count.
 
   `cache`: "auto" uses a matching cache of the dataset if one was built, None never does, a path
   names a cache directory (an error if it cannot serve this transform).
+  `worker_count` grain processes decode (0: threads of this process); `read_threads`,
+  `prefetch_batches` and `worker_buffer_batches` bound the read-ahead (see `buffered_batches`).
+  `sixteen_bit`: how 16-bit images become 8-bit, "scale" (ours) or "clip" (the official loader).
   """
+  for name, value, least in (("read_threads", read_threads, 1),
+                             ("prefetch_batches", prefetch_batches, 1),
+                             ("worker_buffer_batches", worker_buffer_batches, 1),
+                             ("worker_count", worker_count, 0)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ValueError(f"{name}={value!r}; expected an integer >= {least}")
+  if sixteen_bit not in ("scale", "clip"):
+    raise ValueError(f"sixteen_bit={sixteen_bit!r}; expected 'scale' or 'clip'")
   if process_index is None or process_count is None:
     import jax
 
@@ -125,7 +194,8 @@ def make_dataset(
   cached = cache_lib.find(dataset, spec, cache)
   if cached is not None:
     shard_paths, rest = cached.shard_paths, cached.remaining(spec)
-  prepare = Prepare(transforms.parse(rest), labels, semantic_ids(dataset), cached is not None)
+  prepare = Prepare(transforms.parse(rest), labels, semantic_ids(dataset), cached is not None,
+                    sixteen_bit)
 
   positions = np.asarray(positions, np.int64)
   if len(positions) == 0:
@@ -142,8 +212,11 @@ def make_dataset(
   ds = ds.repeat(num_epochs)
   ds = ds[process_index::process_count]
   ds = ds.random_map(prepare) if prepare.transform.is_random else ds.map(prepare)
-  ds = ds.batch(local_batch, drop_remainder=train)
-  it = ds.to_iter_dataset()
+  # Batching before the iterator keeps each batch one element, the same with or without workers;
+  # the read-ahead below is therefore counted in batches.
+  ds = ds.batch(local_batch, drop_remainder=train, batch_fn=Stack(transforms.parse(spec).spec))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=prefetch_batches))
   if worker_count > 0:
     from absl import flags
 
@@ -151,8 +224,31 @@ def make_dataset(
     # notebook not run under absl.app.run); grain 0.2.18 has no released fix.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=worker_count, per_worker_buffer_size=worker_buffer_batches))
   return it
+
+
+def close(iterator) -> None:
+  """Stops an iterator's worker processes and threads now (grain would on garbage collection)."""
+  if iterator is not None and hasattr(iterator, "close"):
+    try:
+      iterator.close()
+    except Exception:  # noqa: BLE001 - closing after a failure must not hide that failure
+      pass
+
+
+def reading_options(input_config) -> dict[str, Any]:
+  """make_dataset's reading keywords from a run config's `input` section."""
+  return {
+      "cache": input_config.get("cache") or None,
+      "worker_count": int(input_config.get("worker_count", 0)),
+      "read_threads": int(input_config.get("read_threads", READ_THREADS)),
+      "prefetch_batches": int(input_config.get("prefetch_batches", PREFETCH_BATCHES)),
+      "worker_buffer_batches": int(input_config.get("worker_buffer_batches",
+                                                    WORKER_BUFFER_BATCHES)),
+      "sixteen_bit": input_config.get("sixteen_bit", "scale"),
+  }
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, train: bool) -> int:

@@ -64,7 +64,7 @@ CITATION = """@misc{mou2025imageattributionbench,
 }"""
 NO_CROP = (-1, -1, -1, -1)
 TEXT_FIELDS = ("key", "generator", "semantic", "source", "caption_id", "caption", "filename",
-               "format", "sha256")
+               "format", "sha256", "group")
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
@@ -175,8 +175,9 @@ class ImageAttributionBench(tfds.core.GeneratorBasedBuilder,
                             skip_registration=__name__ == "__main__"):
   """ImageAttributionBench: attribute an image to the generator (or real source) that made it."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Original file bytes, manifest labels and every record field."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Original file bytes, manifest labels and every record field.",
+                   "1.1.0": "The record's group (data_prep.ingest --group_from; '' for none)."}
   BUILDER_CONFIGS = BUILDER_CONFIGS
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 

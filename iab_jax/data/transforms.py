@@ -31,29 +31,37 @@ from iab_jax.data import degradations
 Op = tuple[str, tuple, dict]  # (name, positional args, keyword args), canonical
 
 
+Size = tuple[int, int] | None  # (height, width) of an op's output; None: depends on the input
+# How an op changes the image size: "keep" (same size out as in), or a function of the op's
+# canonical (args, kwargs) giving its output size, None when that depends on the input.
+SizeRule = str | Callable[[tuple, dict], Size]
+
+
 @dataclasses.dataclass(frozen=True)
 class _OpInfo:
   factory: Callable[..., Callable]
   random: bool  # draws from the rng
   degradation: bool  # changes image content the way a test-time degradation does
   to_array: bool  # returns the final array, so must come last
+  size: SizeRule  # what the op does to the image size (see SizeRule)
 
 
 _REGISTRY: dict[str, _OpInfo] = {}
 
 
-def register(name: str, *, random: bool = False, degradation: bool = False,
+def register(name: str, *, size: SizeRule, random: bool = False, degradation: bool = False,
              to_array: bool = False):
   """Decorator registering an op factory under `name`.
 
   The factory's signature is the op's signature in spec strings; it must return a picklable
   callable `(img, rng) -> img` (a module-level function bound with functools.partial), since grain
-  pickles transforms into its worker processes.
+  pickles transforms into its worker processes. `size` states what the op does to the image
+  size, so that a config can be checked to give one shape for images of any size.
   """
   def wrap(factory):
     if name in _REGISTRY:
       raise ValueError(f"transform op {name!r} is already registered")
-    _REGISTRY[name] = _OpInfo(factory, random, degradation, to_array)
+    _REGISTRY[name] = _OpInfo(factory, random, degradation, to_array, size)
     return factory
   return wrap
 
@@ -196,6 +204,16 @@ class Transform:
     return any(_REGISTRY[op[0]].degradation and not _is_noop(op) for op in self.ops)
 
   @property
+  def output_size(self) -> Size:
+    """(height, width) of every output whatever the input size, or None if it depends on it."""
+    size: Size = None
+    for name, args, kwargs in self.ops:
+      rule = _REGISTRY[name].size
+      if rule != "keep":
+        size = rule(args, kwargs)
+    return size
+
+  @property
   def is_float(self) -> bool:
     """True if the output is float32 (the last op normalizes), False for uint8."""
     return bool(self.ops) and _REGISTRY[self.ops[-1][0]].to_array
@@ -288,23 +306,23 @@ def _apply_blur(img, rng, *, sigma):
   return degradations.gaussian_blur(img, sigma)
 
 
-@register("degrade", degradation=True)
+@register("degrade", size="keep", degradation=True)
 def degrade(level):
   """Benchmark degradation level 0..6 (see degradations.LEVELS)."""
   return functools.partial(_apply_degrade, level=degradations.check_level(level))
 
 
-@register("downsample", degradation=True)
+@register("downsample", size="keep", degradation=True)
 def downsample(scale):
   return functools.partial(_apply_downsample, scale=degradations.check_scale(scale))
 
 
-@register("jpeg", degradation=True)
+@register("jpeg", size="keep", degradation=True)
 def jpeg(quality):
   return functools.partial(_apply_jpeg, quality=degradations.check_quality(quality))
 
 
-@register("blur", degradation=True)
+@register("blur", size="keep", degradation=True)
 def blur(sigma):
   return functools.partial(_apply_blur, sigma=degradations.check_sigma(sigma))
 
@@ -342,7 +360,14 @@ def _resize_exact(img, rng, *, height, width, resample):
   return img.resize((width, height), resample)
 
 
-@register("resize")
+def _resize_size(args, kwargs) -> Size:
+  del kwargs
+  if len(args) == 2 or isinstance(args[0], (tuple, list)):  # resize(h, w): exact
+    return _height_width(*args) if len(args) == 2 else _height_width(args[0], None)
+  return None  # resize(s): the longer side follows the aspect ratio
+
+
+@register("resize", size=_resize_size)
 def resize(size, width=None, *, method="bilinear"):
   """resize(s): shorter side to s keeping the aspect ratio; resize(h, w): exactly h x w."""
   if method not in _RESAMPLING:
@@ -376,7 +401,12 @@ def _central_crop(img, rng, *, height, width):
   return img.crop((left, top, left + width, top + height))
 
 
-@register("central_crop")
+def _crop_size(args, kwargs) -> Size:
+  del kwargs
+  return _height_width(*args) if len(args) == 2 else _height_width(args[0], None)
+
+
+@register("central_crop", size=_crop_size)
 def central_crop(size, width=None):
   """central_crop(s) or central_crop(h, w), torchvision CenterCrop semantics."""
   height, width = _height_width(size, width)
@@ -394,7 +424,7 @@ def _random_crop(img, rng, *, height, width):
   return img.crop((left, top, left + width, top + height))
 
 
-@register("random_crop", random=True)
+@register("random_crop", size=_crop_size, random=True)
 def random_crop(size, width=None):
   """random_crop(s) or random_crop(h, w): uniform position, zero padding if the image is small."""
   height, width = _height_width(size, width)
@@ -407,7 +437,7 @@ def _flip_lr(img, rng, *, p):
   return img
 
 
-@register("flip_lr", random=True)
+@register("flip_lr", size="keep", random=True)
 def flip_lr(p=0.5):
   """Horizontal flip with probability p."""
   if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
@@ -441,7 +471,7 @@ def _channel_triple(value, what: str) -> np.ndarray:
   return array
 
 
-@register("normalize", to_array=True)
+@register("normalize", size="keep", to_array=True)
 def normalize(kind=None, *, mean=None, std=None):
   """normalize('imagenet'|'clip'|'half'|'unit') or normalize(mean=(..), std=(..)) in 0-1 units."""
   if kind is not None:

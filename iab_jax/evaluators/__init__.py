@@ -8,6 +8,7 @@ training loop.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 _REGISTRY = {
     "classification": "iab_jax.evaluators.classification:Evaluator",
@@ -20,3 +21,36 @@ def get(kind: str, key: str = "evals"):
                      f"{', '.join(sorted(_REGISTRY))}")
   module_name, class_name = _REGISTRY[kind].split(":")
   return getattr(importlib.import_module(module_name), class_name)
+
+
+def make(name: str, cfg: dict[str, Any], *, method, data, mesh, config, transform: str):
+  """The evaluator `config.evals[name]` describes (type, split, levels, ...), reading its data
+  with the run's input settings."""
+  from iab_jax.data import pipeline
+
+  cfg = dict(cfg)
+  kind = cfg.pop("type", "classification")
+  batch_size = cfg.pop("batch_size", config.input.eval_batch_size)
+  try:
+    return get(kind, f"evals.{name}")(
+        name=name, method=method, data=data, mesh=mesh, transform=cfg.pop("transform", transform),
+        batch_size=batch_size, reading=pipeline.reading_options(config.input), **cfg)
+  except TypeError as e:
+    raise ValueError(f"config.evals.{name}: {e}") from None
+
+
+def run_all(config, *, method, data, mesh, variables, transform: str, writer=None,
+            step: int = 0) -> dict[str, Any]:
+  """Every evaluator of `config.evals` on `variables`; their results by name (also written as
+  scalars to `writer` at `step`)."""
+  from iab_jax.evaluators import classification
+
+  results = {}
+  for name, eval_cfg in config.evals.items():
+    cfg = eval_cfg.to_dict() if hasattr(eval_cfg, "to_dict") else dict(eval_cfg)
+    evaluator = make(name, cfg, method=method, data=data, mesh=mesh, config=config,
+                     transform=transform)
+    results[name] = evaluator.run(variables)
+    if writer is not None:
+      writer.write_scalars(step, classification.scalars(name, results[name]))
+  return results

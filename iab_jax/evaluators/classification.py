@@ -3,8 +3,9 @@
 For each level the split's images are degraded (iab_jax.data.degradations, applied to the
 decoded original before the method's eval transform), scored by the method's `predict` in a
 jitted, data-parallel step, and gathered on every process; the metrics (iab_jax.metrics) are
-top-1 accuracy, macro one-vs-rest AUC and AP, the confusion matrix, and accuracy per generator
-and per semantic class. Padding added to fill the last global batch is masked out.
+top-1 accuracy, macro one-vs-rest AUC and AP, the confusion matrix, and accuracy per generator,
+per semantic class and, when the records carry groups (a user's folders ingested with
+--group_from), per group. Padding added to fill the last global batch is masked out.
 """
 
 from __future__ import annotations
@@ -14,46 +15,57 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from absl import logging
-
-from iab_jax import metrics, sharding
+from iab_jax import console, metrics, sharding
 from iab_jax.data import degradations, generators, pipeline
 
 
 class Evaluator:
 
   def __init__(self, *, name: str, method, data, mesh, transform: str, batch_size: int,
-               split: str = "test", levels: Sequence[int] = (0,), cache: str | None = "auto",
-               worker_count: int = 0):
+               split: str = "test", levels: Sequence[int] = (0,), reading=None):
     self.name, self.method, self.data, self.mesh = name, method, data, mesh
     self.split, self.transform, self.batch_size = split, transform, batch_size
     self.levels = [degradations.check_level(k) for k in levels]
-    self.cache, self.worker_count = cache, worker_count
+    self.reading = dict(reading or {})  # pipeline.make_dataset's reading keywords
     self.positions = data.positions(split)
     sharding.check_batch_size(batch_size, f"evals.{name}.batch_size")
     repl = sharding.replicated(mesh)
     self._predict = jax.jit(self._predict_step, in_shardings=(repl, sharding.batch_sharded(mesh)),
                             out_shardings=repl)
+    self._compiled = None
+    groups = data.dataset.column("group").astype(str)
+    self.groups = groups if (groups != "").any() else None
 
   def _predict_step(self, variables, batch):
     scores = self.method.predict(variables, batch["image"])
     return {"scores": scores, "label": batch["label"], "semantic": batch["semantic"],
-            "mask": batch["mask"]}
+            "position": batch["position"], "mask": batch["mask"]}
+
+  def _step(self, variables, batch):
+    if self._compiled is None:  # compiled once, ahead of time, so that the log can say so
+      with console.Timer() as t:
+        self._compiled = self._predict.lower(variables, batch).compile()
+      console.say("compiled the %s prediction step in %.1f s", self.name, t.seconds)
+    return self._compiled(variables, batch)
 
   def predictions(self, variables, level: int) -> dict[str, np.ndarray]:
-    """Scores, labels and semantic ids of every (unpadded) example of the split at `level`."""
+    """Scores, labels, semantic ids and positions of every (unpadded) example at `level`."""
     ds = pipeline.make_dataset(self.data.dataset, self.positions, self.data.labels, self.transform,
                                batch_size=self.batch_size, train=False, degradation=level,
-                               cache=self.cache, worker_count=self.worker_count)
+                               **self.reading)
     parts = []
-    for batch in ds:
-      batch = {k: batch[k] for k in ("image", "label", "semantic", "mask")}
-      parts.append(self._predict(variables, sharding.global_batch(batch, self.mesh)))
+    it = iter(ds)
+    try:
+      for batch in it:
+        batch = {k: batch[k] for k in ("image", "label", "semantic", "position", "mask")}
+        parts.append(self._step(variables, sharding.global_batch(batch, self.mesh)))
+    finally:
+      pipeline.close(it)
     out = {k: np.concatenate([p[k] for p in sharding.to_host(parts)]) for k in parts[0]}
     keep = out.pop("mask")
     return {k: v[keep] for k, v in out.items()}
 
-  def run(self, variables) -> dict[str, Any]:
+  def run(self, variables, quiet: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {"split": self.split, "num_examples": int(len(self.positions)),
                                "levels": {}}
     for level in self.levels:
@@ -63,11 +75,16 @@ class Evaluator:
       semantic_names = np.array([*generators.SEMANTIC_ORDER, "unknown"])[p["semantic"][known]]
       m = metrics.classification_metrics(p["scores"][known], p["label"][known],
                                          classes=self.method.classes, semantics=semantic_names)
+      if self.groups is not None:
+        correct = np.argmax(p["scores"][known], axis=1) == p["label"][known]
+        acc, count = metrics.grouped_accuracy(correct, self.groups[p["position"][known]])
+        m["per_group_accuracy"], m["per_group_count"] = acc, count
       results["levels"][str(level)] = {"level": level,
                                        "level_name": degradations.LEVEL_NAMES[level], **m}
-      logging.info("eval %s/%s level %d (%s): accuracy %.4f on %d images in %.1f s", self.name,
-                   self.split, level, degradations.LEVEL_NAMES[level], m["accuracy"],
-                   m["num_examples"], time.perf_counter() - start)
+      if not quiet:
+        console.say("%s/%s level %d (%s): accuracy %.4f on %d images in %.1f s", self.name,
+                    self.split, level, degradations.LEVEL_NAMES[level], m["accuracy"],
+                    m["num_examples"], time.perf_counter() - start)
     degraded = [results["levels"].get(str(k), {}).get("accuracy")
                 for k in range(1, degradations.NUM_LEVELS)]
     results["mean_degraded_accuracy"] = (None if any(a is None for a in degraded)

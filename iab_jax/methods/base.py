@@ -45,6 +45,15 @@ class Method:
     self.config = config
     self.classes = list(classes)
 
+  @classmethod
+  def check_config(cls, config: ml_collections.ConfigDict) -> None:
+    """Checks the method's own config fields before any work starts, without JAX or data.
+
+    Raise ValueError with a message that starts with the key ("config.model.name=...; expected
+    ..."), so that a typo fails in a second rather than after compilation.
+    """
+    del config
+
   @property
   def num_classes(self) -> int:
     return len(self.classes)
@@ -56,8 +65,12 @@ class Method:
   def phases(self) -> list[Phase]:
     raise NotImplementedError
 
-  def init(self, rng: jax.Array, images: jax.Array) -> Variables:
-    """Variables for a model that will see images shaped like `images` (one local batch)."""
+  def init(self, rng: jax.Array, images: jax.Array, pretrained: bool = True) -> Variables:
+    """Variables for a model that will see images shaped like `images` (one local batch).
+
+    pretrained: load the pretrained weights the config names; False when a checkpoint will
+    replace every variable anyway (evaluation, attribution), which also needs no weights file.
+    """
     raise NotImplementedError
 
   def loss(self, variables: Variables, batch: Batch, rng: jax.Array, phase: Phase

@@ -20,6 +20,11 @@ _NOT_MODEL_KWARGS = ("name", "pretrained", "weights_dir")
 
 class Classifier(base.Method):
 
+  @classmethod
+  def check_config(cls, config):
+    if "model" not in config or "name" not in config.model:
+      raise ValueError("config.model.name is missing; expected a module of iab_jax/models")
+
   def __init__(self, config, classes):
     super().__init__(config, classes)
     self.module = models.get(config.model.name)
@@ -34,9 +39,9 @@ class Classifier(base.Method):
   def phases(self):
     return [base.Phase("train", self.config.num_epochs, self.config.optimizer)]
 
-  def init(self, rng, images):
+  def init(self, rng, images, pretrained=True):
     variables = dict(self.model.init({"params": rng}, images, train=False))
-    pretrained = self.config.model.get("pretrained")
+    pretrained = self.config.model.get("pretrained") if pretrained else None
     if pretrained:
       from iab_jax import weights
 

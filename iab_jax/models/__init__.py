@@ -11,13 +11,15 @@ import pkgutil
 import types
 
 
-def _known() -> list[str]:
+def names() -> list[str]:
+  """The model modules, without importing them (no JAX)."""
   return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
 
 
 def get(name: str) -> types.ModuleType:
   """Imports and returns iab_jax.models.<name>; an unknown name is a ValueError listing them."""
-  known = _known()
+  known = names()
   # Checked before importing, so that a model module failing its own imports reports that failure
   # rather than being called unknown.
   if name not in known:

@@ -23,19 +23,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 
-from iab_jax import checkpointing, evaluators, methods, optimizers, sharding, tasks, writers
+from iab_jax import (checkpointing, console, evaluators, methods, optimizers, runs, sharding, tasks,
+                     writers)
 from iab_jax.data import pipeline, records, transforms
-from iab_jax.evaluators import classification
 
-RESULTS_JSON = "results.json"
+RESULTS_JSON = runs.RESULTS_JSON
 RESULTS_FORMAT = "iab_jax.results"
 
 
-def _example_image(data: tasks.TaskData, transform: str) -> np.ndarray:
-  """One transformed training image: its shape and dtype are what the model will see."""
-  position = int(data.positions("train")[0])
+def _example_image(data: tasks.TaskData, transform: str, split: str = "train") -> np.ndarray:
+  """One transformed image of `split`: its shape and dtype are what the model will see."""
+  position = int(data.positions(split)[0])
   image = records.decode(data.dataset.raw(position))
   return transforms.parse(transform)(image, np.random.default_rng(0))
 
@@ -54,54 +53,8 @@ def _mean_measurements(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
   return {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
-def _make_evaluator(name: str, cfg: dict[str, Any], *, method, data, mesh, config, transform):
-  cfg = dict(cfg)
-  kind = cfg.pop("type", "classification")
-  batch_size = cfg.pop("batch_size", config.input.eval_batch_size)
-  try:
-    return evaluators.get(kind, f"evals.{name}")(
-        name=name, method=method, data=data, mesh=mesh, transform=cfg.pop("transform", transform),
-        batch_size=batch_size, cache=config.input.cache or None,
-        worker_count=config.input.worker_count, **cfg)
-  except TypeError as e:
-    raise ValueError(f"config.evals.{name}: {e}") from None
-
-
-# Settings a resumed run may change: they do not alter what is trained or how.
-RESUME_MAY_CHANGE = ("evals", "log_every_steps", "checkpoint_every_steps", "distributed",
-                     "input.worker_count", "input.cache", "input.eval_batch_size",
-                     "input.prepare")
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume a workdir whose checkpoints were trained under another config.
-
-  Restoring them would fail deep inside Orbax (another model) or, worse, silently continue a
-  different recipe (another learning rate); the error names each differing key instead.
-  """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return
-  with open(path) as f:
-    old = _flat(json.load(f))
-  new = _flat(json.loads(config.to_json_best_effort()))
-  differ = sorted(k for k in set(old) | set(new)
-                  if old.get(k) != new.get(k)
-                  and not any(k == p or k.startswith(p + ".") for p in RESUME_MAY_CHANGE))
-  if differ:
-    details = "; ".join(f"config.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:5])
-    raise ValueError(f"config.* differs from the run in {workdir!r}, which this command would "
-                     f"resume: {details}. Use a new --workdir, or the run's own config.")
+def _num_parameters(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
 def make_train_step(method, tx: optax.GradientTransformation, phase, mesh):
@@ -135,15 +88,16 @@ def make_train_step(method, tx: optax.GradientTransformation, phase, mesh):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.method` on `config.task`, tests its best checkpoint; returns the results."""
   start_time = time.time()
-  os.makedirs(workdir, exist_ok=True)
   task = tasks.parse_task(config.task)
-  check_resumable(config, workdir)
+  runs.check_resumable(config, workdir)
 
   # ---------------------------------------------------------------- data, mesh, method
   data = tasks.load(config.input, task)
+  os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
   method = methods.get(config.method)(config, data.classes)
   train_transform, eval_transform = method.transforms()
+  reading = pipeline.reading_options(config.input)
   batch_size = config.input.batch_size
   sharding.check_batch_size(batch_size, "input.batch_size")
   train_positions = data.positions("train")
@@ -155,36 +109,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = sum(p.num_epochs for p in phases) * steps_per_epoch
   writer = writers.create(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with open(os.path.join(workdir, runs.CONFIG_JSON), "w") as f:
       f.write(config.to_json_best_effort(indent=1, sort_keys=True))
   writer.write_hparams({k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                        for k, v in _flat(json.loads(config.to_json_best_effort())).items()})
-  logging.info("%s on %s: %d classes, %d train images, %d devices in %d processes, %d steps",
-               method.display_name, task.name, method.num_classes, len(train_positions),
-               jax.device_count(), jax.process_count(), total_steps)
+                        for k, v in runs.flat(runs.config_dict(config)).items()})
+  console.say("%s on %s: %d classes, %d training images, %d steps (%s); %d devices in %d "
+              "processes", method.display_name, task.name, method.num_classes,
+              len(train_positions), total_steps,
+              ", ".join(f"{p.name} {p.num_epochs} epochs" for p in phases), jax.device_count(),
+              jax.process_count())
 
   # ---------------------------------------------------------------- variables
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   example = _example_image(data, train_transform)
-  variables = method.init(init_rng, jnp.asarray(example[None]))
-  params, model_state = _split_variables(sharding.replicate(variables, mesh))
+  console.say("initialising the model ...")
+  with console.Timer() as t:
+    variables = method.init(init_rng, jnp.asarray(example[None]))
+    params, model_state = _split_variables(sharding.replicate(variables, mesh))
+  console.say("model: %s parameters, input %s %s (%.1f s)", f"{_num_parameters(params):,}",
+              "x".join(map(str, example.shape)), example.dtype, t.seconds)
   # Passed to the step as raw key data: a host value every process holds, replicated.
   train_key = sharding.replicate(jax.random.key_data(train_rng), mesh)
   repl = sharding.replicated(mesh)
 
   # ---------------------------------------------------------------- evaluators
-  val_evaluator = _make_evaluator("val", dict(split="val", levels=[0]), method=method, data=data,
+  val_evaluator = evaluators.make("val", dict(split="val", levels=[0]), method=method, data=data,
                                   mesh=mesh, config=config, transform=eval_transform)
 
   # ---------------------------------------------------------------- checkpoints
-  ckpt = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"))
+  ckpt = checkpointing.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS))
   position = {"phase": 0, "epoch": 0, "step_in_epoch": 0}
   latest = ckpt.latest_step()
   if latest is not None:
     position = ckpt.meta(latest)
-    logging.info("resuming from step %d: phase %d, epoch %d, step %d of the epoch", latest,
-                 position["phase"], position["epoch"], position["step_in_epoch"])
+    console.say("resuming from step %d: phase %d, epoch %d, step %d of the epoch", latest,
+                position["phase"], position["epoch"], position["step_in_epoch"])
 
   def make_state(phase_index: int, params, model_state, step: int):
     phase = phases[phase_index]
@@ -196,6 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---------------------------------------------------------------- training
   progress = writers.Progress(total_steps, batch_size, start_step=latest or 0)
+  bar = console.ProgressBar(total_steps, initial=latest or 0)
   log_every = max(int(config.log_every_steps), 1)
   checkpoint_every = int(config.get("checkpoint_every_steps", 0) or 0)
   step = latest or 0
@@ -208,10 +169,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       tx, state = make_state(phase_index, params, model_state, step)
 
       step_fn = make_train_step(method, tx, phase, mesh)
+      compiled = None
       train_iter = iter(pipeline.make_dataset(
           data.dataset, train_positions, data.labels, train_transform, batch_size=batch_size,
           train=True, seed=config.seed + 1000 * phase_index, num_epochs=phase.num_epochs,
-          cache=config.input.cache or None, worker_count=config.input.worker_count))
+          **reading))
       first_epoch, skip_steps = 0, 0
       if phase_index == position["phase"] and latest is not None:
         state = ckpt.restore(latest, state, train_iter)
@@ -223,15 +185,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for step_in_epoch in range(skip_steps, steps_per_epoch):
           local = next(train_iter)
           batch = sharding.global_batch({"image": local["image"], "label": local["label"]}, mesh)
-          state, measured = step_fn(state, batch, train_key)
+          if compiled is None:  # ahead of time, so that a long XLA compilation is announced
+            console.say("compiling the %s step (batch %s) ...", phase.name,
+                        "x".join(map(str, batch["image"].shape)))
+            with console.Timer() as t:
+              compiled = step_fn.lower(state, batch, train_key).compile()
+            console.say("compiled in %.1f s", t.seconds)
+            epoch_start = time.perf_counter()
+          state, measured = compiled(state, batch, train_key)
           pending.append(measured)
           step += 1
+          bar.update(1)
           if step % log_every == 0 or step == total_steps:
             scalars, pending = _mean_measurements(pending), []
             writers.check_finite(step, scalars)
             scalars.update(progress.report(step))
             scalars["train/epoch"] = epoch + (step_in_epoch + 1) / steps_per_epoch
             writer.write_scalars(step, scalars)
+            rate = scalars.get("perf/images_per_sec")
+            bar.update(0, loss=f"{scalars['train/loss']:.4f}")
+            if not bar.enabled:
+              console.say("step %d/%d (%s epoch %d/%d): loss %.4f%s", step, total_steps,
+                          phase.name, epoch + 1, phase.num_epochs, scalars["train/loss"],
+                          "" if rate is None else f", {rate:.1f} images/s, ETA "
+                          f"{writers.duration(scalars['perf/eta_seconds'])}")
           mid_epoch = step_in_epoch + 1 < steps_per_epoch
           if checkpoint_every and step % checkpoint_every == 0 and mid_epoch:
             ckpt.save(step, state, train_iter, {"phase": phase_index, "epoch": epoch,
@@ -239,9 +216,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         skip_steps = 0
         train_seconds += time.perf_counter() - epoch_start
 
-        val = val_evaluator.run(_variables(state))["levels"]["0"]["accuracy"]
-        logging.info("phase %s epoch %d/%d (step %d): val accuracy %.4f", phase.name, epoch + 1,
-                     phase.num_epochs, step, val)
+        val = val_evaluator.run(_variables(state), quiet=True)["levels"]["0"]["accuracy"]
+        console.say("%s epoch %d/%d (step %d): val accuracy %.4f", phase.name, epoch + 1,
+                    phase.num_epochs, step, val)
         writer.write_scalars(step, {"val/accuracy": val, "train/epoch": float(epoch + 1)})
         ckpt.save(step, state, train_iter,
                   {"phase": phase_index, "epoch": epoch + 1, "step_in_epoch": 0,
@@ -250,29 +227,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.flush()
       params, model_state = state["params"], state["model_state"]
   except BaseException:
+    bar.close()
     ckpt.close()  # a Python-level failure (NaN, Ctrl-C) still completes the save in flight
+    pipeline.close(locals().get("train_iter"))  # stops input workers, frees their shared memory
     raise
+  bar.close()
   ckpt.wait()
 
-  # ---------------------------------------------------------------- test the best checkpoint
-  best = ckpt.best_step()
-  if best is None:
-    best = ckpt.latest_step()
-  best_meta = ckpt.meta(best)
-  _, target = make_state(best_meta["phase"], params, model_state, best)
-  state = ckpt.restore(best, target)
+  # ---------------------------------------------------------------- test the chosen checkpoint
+  which = config.get("test_checkpoint", "best")
+  tested = ckpt.best_step() if which == "best" else None
+  if tested is None:
+    tested = ckpt.latest_step()
+  tested_meta = ckpt.meta(tested)
+  model = ckpt.restore_model(tested, {"params": params, "model_state": model_state})
   ckpt.close()
-  logging.info("testing the best checkpoint: step %d (phase %d, epoch %d, val accuracy %s)",
-               best, best_meta["phase"], best_meta["epoch"], best_meta.get("val_accuracy"))
-  results_evals = {}
-  for name, eval_cfg in config.evals.items():
-    evaluator = _make_evaluator(name, eval_cfg.to_dict(), method=method, data=data, mesh=mesh,
-                                config=config, transform=eval_transform)
-    results_evals[name] = evaluator.run(_variables(state))
-    writer.write_scalars(best, classification.scalars(name, results_evals[name]))
+  val = tested_meta.get("val_accuracy")
+  console.say("testing the %s checkpoint: step %d (phase %d, epoch %d, val accuracy %s)", which,
+              tested, tested_meta["phase"], tested_meta["epoch"],
+              "?" if val is None else f"{val:.4f}")
+  results_evals = evaluators.run_all(config, method=method, data=data, mesh=mesh,
+                                     variables=_variables(model), transform=eval_transform,
+                                     writer=writer, step=tested)
   writer.flush()
+  results = make_results(config, method, task, data, results_evals, checkpoint={
+      "step": int(tested), "which": which, "phase": tested_meta["phase"],
+      "epoch": tested_meta["epoch"], "val_accuracy": tested_meta.get("val_accuracy")},
+      timing={"train_seconds": round(train_seconds, 3),
+              "total_seconds": round(time.time() - start_time, 3)}, workdir=workdir)
+  if jax.process_index() == 0:
+    write_results(results, os.path.join(workdir, RESULTS_JSON))
+  writer.close()
+  return results
 
-  results = {
+
+def baselines(data: tasks.TaskData, test_split: str = "test") -> dict[str, Any]:
+  """What a result must beat: chance, and a classifier that reads only the file format and size
+  (iab_jax.data.shortcuts), fit on the train split and scored on `test_split`."""
+  from iab_jax.data import shortcuts
+
+  out: dict[str, Any] = {"chance": 1.0 / len(data.classes)}
+  if "train" in data.manifest.splits and test_split in data.manifest.splits:
+    try:
+      out["metadata"] = shortcuts.metadata_baseline(data.dataset, data.manifest, "train",
+                                                    test_split)
+    except ValueError as e:  # e.g. no training record of the run's classes in these data
+      out["metadata"] = {"accuracy": None, "reason": str(e)}
+  return out
+
+
+def make_results(config, method, task, data, evals, *, checkpoint, timing, workdir,
+                 **extra) -> dict[str, Any]:
+  """The results JSON of a tested checkpoint (results.json, results_<name>.json)."""
+  return {
       "format": RESULTS_FORMAT,
       "version": 1,
       "method": config.method,
@@ -282,26 +289,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "train_semantic": task.semantic,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "workdir": os.path.abspath(workdir),
-      "config": json.loads(config.to_json_best_effort()),
+      "config": runs.config_dict(config),
       "classes": data.classes,
       "dataset": {"root": os.path.abspath(data.dataset.root),
                   "fingerprint": data.dataset.info.get("fingerprint"),
                   "num_records": len(data.dataset)},
       "manifest": {"name": data.manifest.name, "path": os.path.abspath(data.manifest.path),
                    "digest": data.manifest.digest},
-      "checkpoint": {"step": int(best), "phase": best_meta["phase"], "epoch": best_meta["epoch"],
-                     "val_accuracy": best_meta.get("val_accuracy")},
+      "checkpoint": checkpoint,
       "devices": {"count": jax.device_count(), "processes": jax.process_count(),
                   "platform": jax.devices()[0].platform},
-      "timing": {"train_seconds": round(train_seconds, 3),
-                 "total_seconds": round(time.time() - start_time, 3)},
-      "evals": results_evals,
+      "timing": timing,
+      "baselines": baselines(data),
+      "evals": evals,
+      **extra,
   }
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, RESULTS_JSON)
-    with open(path + ".tmp", "w") as f:
-      json.dump(results, f, indent=1)
-    os.replace(path + ".tmp", path)
-    logging.info("wrote %s", path)
-  writer.close()
-  return results
+
+
+def write_results(results: dict[str, Any], path: str) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(tmp, path)
+  console.say("wrote %s", path)

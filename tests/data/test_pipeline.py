@@ -164,3 +164,54 @@ def test_cache_png_codec_resume_and_auto(dataset):
   image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
   for codec in cache.CODECS:
     np.testing.assert_array_equal(cache.decode(cache.encode(image, codec)), image)
+
+
+def test_read_ahead_is_bounded_in_batches(dataset, monkeypatch):
+  """grain's default read-ahead (hundreds of elements, here whole batches) is what let a 256^2
+  run grow to 8.6 GB; the pipeline reads at most read_threads + prefetch_batches batches ahead."""
+  import threading
+  import time
+
+  reads, lock = [], threading.Lock()
+  original = pipeline.RecordsSource.__getitem__
+
+  def counting(self, i):
+    with lock:
+      reads.append(i)
+    return original(self, i)
+
+  monkeypatch.setattr(pipeline.RecordsSource, "__getitem__", counting)
+  it = iter(_make(dataset, batch_size=3, train=True, num_epochs=40, read_threads=1,
+                  prefetch_batches=2))
+  next(it)
+  time.sleep(1.0)  # time for any read-ahead to happen
+  bound = pipeline.buffered_batches(read_threads=1, prefetch_batches=2) + 1  # + the batch taken
+  assert 3 <= len(reads) <= 3 * bound, len(reads)
+  assert pipeline.buffered_batches(2, 2, worker_count=3, worker_buffer_batches=1) == 15
+
+
+def test_reading_options_validated(dataset):
+  for kw in ({"read_threads": 0}, {"prefetch_batches": 0}, {"worker_count": -1},
+             {"sixteen_bit": "round"}):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+      _make(dataset, batch_size=3, train=True, **kw)
+
+
+def test_mixed_shapes_fail_with_one_line_naming_the_transform(dataset):
+  """Images of 40-70 px through a transform without a fixed size: one clear error, not NumPy's."""
+  it = iter(_make(dataset, batch_size=8, train=True, spec="normalize('half')"))
+  with pytest.raises(pipeline.InputError) as raised:
+    next(it)
+  message = str(raised.value)
+  assert "\n" not in message
+  assert message.startswith("transform \"normalize('half')\" yields images of different shapes")
+  assert message.count("(") >= 4 and "central_crop(256)" in message
+  # A fixed-size ending serves the same records.
+  assert next(iter(_make(dataset, batch_size=8, train=True,
+                         spec="resize(20)|central_crop(20)")))["image"].shape == (8, 20, 20, 3)
+
+
+def test_mixed_shapes_from_worker_processes_raise_the_same_error(dataset):
+  it = iter(_make(dataset, batch_size=8, train=True, spec="flip_lr", worker_count=1))
+  with pytest.raises(pipeline.InputError, match="different shapes"):
+    next(it)

@@ -255,3 +255,25 @@ def test_pickle_round_trip():
 ])
 def test_strip_prefix(spec, prefix, rest):
   assert transforms.strip_prefix(spec, prefix) == rest
+
+
+@pytest.mark.parametrize("spec, size", [
+    ("normalize('half')", None),
+    ("resize(256)", None),
+    ("resize(256)|central_crop(224)|normalize('imagenet')", (224, 224)),
+    ("resize(64, 48)|flip_lr", (64, 48)),
+    ("resize((32, 16))", (32, 16)),
+    ("degrade(3)|random_crop(16, 8)|jpeg(30)", (16, 8)),
+    ("central_crop(32)|resize(40)", None),
+    ("", None),
+])
+def test_output_size(spec, size):
+  assert transforms.parse(spec).output_size == size
+
+
+def test_output_size_holds_for_images_of_any_size():
+  t = transforms.parse("resize(40)|central_crop(24, 32)|flip_lr")
+  rng = np.random.default_rng(0)
+  for w, h in ((10, 90), (300, 41), (24, 32), (1, 1)):
+    out = t(np.zeros((h, w, 3), np.uint8), rng)
+    assert out.shape[:2] == t.output_size == (24, 32)

@@ -707,3 +707,19 @@ def test_killed_ingest_leaves_no_workers(tmp_path):
     for p in workers:
       if _alive(p):
         os.kill(p, signal.SIGKILL)
+
+
+def test_launch_script_passes_ingest_flags_to_every_worker(tmp_path):
+  """launch/ingest_local.sh: N worker processes, INGEST_FLAGS (here --group_from) reach each."""
+  src, out = tmp_path / "src", tmp_path / "out"
+  for label in ("real", "SDXL"):
+    for group in ("p0", "p1", "p2"):
+      write(str(src / label / group / "a.png"), png_bytes(hash((label, group)) % 1000))
+  env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=ROOT,
+             INGEST_FLAGS="--layout folders --group_from dirname --chunk_size 2")
+  done = subprocess.run(["bash", os.path.join(ROOT, "launch", "ingest_local.sh"), str(src),
+                         str(out), "2"], env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  ds = records.Dataset(str(out))
+  assert len(ds) == 6 and len(ds.info["shards"]) == 3
+  assert sorted(ds.column("group")) == ["p0", "p0", "p1", "p1", "p2", "p2"]

@@ -239,8 +239,9 @@ def test_resnet_method_starts_from_pretrained_weights(tiny_bench, tmp_path):
   assert results["evals"]["test"]["levels"]["0"]["num_examples"] > 0
 
   config.model.pretrained = str(tmp_path / "absent.safetensors")
-  with pytest.raises(FileNotFoundError, match="absent.safetensors"):
-    main_lib.run(config, str(tmp_path / "run2"))
+  with pytest.raises(main_lib.ConfigError, match="absent.safetensors': no such file"):
+    main_lib.run(config, str(tmp_path / "run2"))  # before any work: no workdir, no compilation
+  assert not os.path.exists(tmp_path / "run2")
 
 
 def test_train_step_makes_no_implicit_transfers(tiny_bench):

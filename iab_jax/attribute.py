@@ -1,0 +1,320 @@
+"""Runs a trained attributor on anyone's images: which generator made each one, and how sure.
+
+  python -m iab_jax.attribute --workdir RUN photo.png more_images/ "shots/*.jpg"
+  python -m iab_jax.attribute --workdir RUN images/ --top_k 5 --out results/mine --degradation 3
+
+PATHs are files, folders (searched recursively for png/jpg/jpeg/webp/bmp/tiff) and glob patterns.
+Every image is decoded as the benchmark decodes its records (RGB, 16-bit scaled or clipped as the
+run was trained), goes through the run's evaluation transform, and is scored in fixed-size jitted
+batches over all devices. A file that cannot be read (missing, not an image, truncated) is listed
+with its reason and the others go on. Output: a table of each image's top-k generators on stdout,
+and OUT.csv (path, then class and probability for each of the top k) and OUT.json (every class's
+probability, the run, the checkpoint, the failed files) with --out OUT (default `attributions`).
+
+From Python:
+
+  from iab_jax.attribute import Attributor
+  attributor = Attributor("runs/resnet50_standard")
+  probabilities = attributor.predict(["a.png", pil_image, uint8_array])   # (N, classes)
+  attributor.top_k(probabilities, k=3)                                     # [[(class, p), ...]]
+
+The model is the run's best checkpoint by validation accuracy (`checkpoint="last"` or a step for
+another); only its parameters and model state are restored.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import glob
+import io
+import json
+import os
+import sys
+from typing import Any, Iterable, Sequence
+
+from iab_jax import console
+
+console.quiet_libraries()
+
+import numpy as np  # noqa: E402
+
+from iab_jax import errors, runs  # noqa: E402
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+MAX_PIXELS = 8192 * 8192  # as ingest: larger files are refused as decompression bombs
+
+
+def expand_paths(paths: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
+  """(image files in the order given, sorted within folders and globs; [{path, reason}] of
+  arguments that name nothing)."""
+  files, missing, seen = [], [], set()
+
+  def add(path):
+    real = os.path.realpath(path)
+    if real not in seen:
+      seen.add(real)
+      files.append(path)
+
+  for arg in paths:
+    if os.path.isdir(arg):
+      found = []
+      for root, dirs, names in os.walk(arg, followlinks=False):
+        dirs.sort()
+        found += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+      if not found:
+        missing.append({"path": arg, "reason": "folder without images "
+                        f"({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)})"})
+      for f in sorted(found):
+        add(f)
+    elif os.path.isfile(arg):
+      add(arg)
+    elif glob.has_magic(arg):
+      matched = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
+      if not matched:
+        missing.append({"path": arg, "reason": "the pattern matches no file"})
+      for f in matched:
+        add(f)
+    else:
+      missing.append({"path": arg, "reason": "no such file or folder"})
+  return files, missing
+
+
+def load_image(source, sixteen_bit: str = "scale"):
+  """An RGB PIL image from a path, bytes, a PIL image or an HxWx3 uint8 array; ValueError with
+  the reason when it is not a readable image."""
+  from PIL import Image
+
+  from iab_jax.data import records
+
+  if isinstance(source, np.ndarray):
+    if source.ndim != 3 or source.shape[-1] != 3 or source.dtype != np.uint8:
+      raise ValueError(f"expected an HxWx3 uint8 array, got {source.dtype} {source.shape}")
+    return Image.fromarray(np.ascontiguousarray(source))
+  if isinstance(source, Image.Image):
+    return records.to_rgb(source, sixteen_bit=sixteen_bit)
+  try:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+      data = bytes(source)
+    else:
+      with open(source, "rb") as f:
+        data = f.read()
+  except OSError as e:
+    raise ValueError(f"unreadable ({e.strerror or e})") from None
+  if not data:
+    raise ValueError("empty file")
+  Image.MAX_IMAGE_PIXELS = None  # our own limit, checked before decoding
+  try:
+    img = Image.open(io.BytesIO(data))
+  except Image.UnidentifiedImageError:
+    raise ValueError("not an image (no known image format)") from None
+  except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem only
+    raise ValueError(f"unreadable image header ({type(e).__name__}: {e})") from None
+  if img.width * img.height > MAX_PIXELS:
+    raise ValueError(f"{img.width}x{img.height} exceeds {MAX_PIXELS} pixels")
+  try:
+    img.load()
+    return records.to_rgb(img, sixteen_bit=sixteen_bit)
+  except Exception as e:  # noqa: BLE001
+    raise ValueError(f"truncated or corrupt {img.format} ({type(e).__name__}: {e})") from None
+
+
+class Attributor:
+  """A trained run's model, ready to score images (see the module docstring)."""
+
+  def __init__(self, workdir: str, checkpoint: str = "best", batch_size: int | None = None,
+               degradation: int = 0):
+    import jax
+    import jax.numpy as jnp
+
+    from iab_jax import checkpointing, methods, sharding
+    from iab_jax.data import degradations, transforms
+
+    self.workdir = workdir
+    self.config = runs.load_config(workdir)
+    results = runs.read_results(os.path.join(workdir, runs.RESULTS_JSON)) or {}
+    self.classes = results.get("classes") or self._classes_from_manifest()
+    self.method = methods.get(self.config.method)(self.config, self.classes)
+    _, spec = self.method.transforms()
+    self.degradation = degradations.check_level(degradation)
+    if self.degradation:
+      spec = f"degrade({self.degradation})|{spec}"
+    self.transform = transforms.parse(spec)
+    self.sixteen_bit = self.config.input.get("sixteen_bit", "scale")
+    self.mesh = sharding.make_mesh()
+    devices = jax.device_count()
+    batch_size = batch_size or self.config.input.eval_batch_size
+    self.batch_size = -(-batch_size // devices) * devices  # a multiple of the devices
+
+    ckpt = checkpointing.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS))
+    self.step = ckpt.step_for(checkpoint)
+    self.checkpoint = {"which": checkpoint, "step": int(self.step), **ckpt.meta(self.step)}
+    example = self._prepare(np.full((256, 256, 3), 127, np.uint8))
+    repl = sharding.replicated(self.mesh)
+    self.variables = ckpt.restore_variables(self.step, lambda: self.method.init(
+        jax.random.key(0), jnp.asarray(example[None]), pretrained=False), repl)
+    ckpt.close()
+    self._predict = jax.jit(self.method.predict,
+                            in_shardings=(repl, sharding.batch_sharded(self.mesh)),
+                            out_shardings=repl)
+
+  def _classes_from_manifest(self) -> list[str]:
+    from iab_jax import tasks
+
+    return tasks.load(self.config.input, tasks.parse_task(self.config.task)).classes
+
+  def _prepare(self, image) -> np.ndarray:
+    return self.transform(load_image(image, self.sixteen_bit))
+
+  def predict(self, images: Iterable[Any]) -> np.ndarray:
+    """(N, classes) probabilities of images given as paths, bytes, PIL images or uint8 arrays.
+
+    Raises ValueError naming the first image that cannot be read; `attribute_files` reports
+    such files and goes on instead.
+    """
+    prepared = []
+    for i, image in enumerate(images):
+      try:
+        prepared.append(self._prepare(image))
+      except ValueError as e:
+        name = image if isinstance(image, (str, os.PathLike)) else f"image {i}"
+        raise ValueError(f"{name}: {e}") from None
+    return self.predict_prepared(prepared)
+
+  def predict_prepared(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+    """Probabilities of images already through the transform, in fixed-size batches (one
+    compilation per image shape; the last batch is padded and the padding dropped)."""
+    from iab_jax import sharding
+
+    out = np.zeros((len(prepared), len(self.classes)), np.float32)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, x in enumerate(prepared):
+      by_shape.setdefault((x.shape, x.dtype.str), []).append(i)
+    for indices in by_shape.values():
+      for start in range(0, len(indices), self.batch_size):
+        chunk = indices[start:start + self.batch_size]
+        batch = np.stack([prepared[i] for i in chunk])
+        pad = self.batch_size - len(chunk)
+        if pad:
+          batch = np.concatenate([batch, np.repeat(batch[:1], pad, axis=0)])
+        images = sharding.global_batch({"image": batch}, self.mesh)["image"]
+        scores = sharding.to_host(self._predict(self.variables, images))
+        out[chunk] = np.asarray(scores, np.float32)[:len(chunk)]
+    return out
+
+  def top_k(self, probabilities: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+    """Per image, the k most likely classes with their probabilities, most likely first."""
+    k = max(1, min(k, len(self.classes)))
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [[(self.classes[c], float(p[c])) for c in row] for row, p in zip(order, probabilities)]
+
+  def attribute_files(self, paths: Sequence[str], k: int = 3, threads: int = 4
+                      ) -> dict[str, Any]:
+    """Scores every image under `paths` (files, folders, globs); unreadable ones are reported.
+
+    Decoding runs in `threads` threads and scoring in batches, a batch at a time, so memory
+    stays at a few batches whatever the number of files.
+    """
+    files, failed = expand_paths(paths)
+    predictions = []
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+      for start in range(0, len(files), self.batch_size):
+        chunk = files[start:start + self.batch_size]
+        ready, names = [], []
+        for path, result in zip(chunk, pool.map(self._try_prepare, chunk)):
+          if isinstance(result, str):
+            failed.append({"path": path, "reason": result})
+          else:
+            ready.append(result)
+            names.append(path)
+        if not ready:
+          continue
+        probabilities = self.predict_prepared(ready)
+        for path, p, top in zip(names, probabilities, self.top_k(probabilities, k)):
+          predictions.append({"path": path, "top": [{"class": c, "probability": q}
+                                                    for c, q in top],
+                              "probabilities": dict(zip(self.classes, map(float, p)))})
+    return {"format": "iab_jax.attributions", "version": 1,
+            "run": os.path.abspath(self.workdir), "method": self.config.method,
+            "checkpoint": self.checkpoint, "degradation": self.degradation,
+            "classes": self.classes, "predictions": predictions, "failed": failed}
+
+  def _try_prepare(self, path: str):
+    try:
+      return self._prepare(path)
+    except ValueError as e:
+      return str(e)
+
+
+def write_csv(result: dict[str, Any], path: str, k: int) -> None:
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    header = ["path"]
+    for i in range(1, k + 1):
+      header += [f"top{i}", f"p{i}"]
+    writer.writerow(header)
+    for p in result["predictions"]:
+      row = [p["path"]]
+      for t in p["top"]:
+        row += [t["class"], f"{t['probability']:.6f}"]
+      writer.writerow(row)
+
+
+def summary(result: dict[str, Any], limit: int = 50) -> str:
+  lines = []
+  width = max([len(p["path"]) for p in result["predictions"][:limit]] + [4])
+  for p in result["predictions"][:limit]:
+    tops = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in p["top"])
+    lines.append(f"{p['path']:<{width}}  {tops}")
+  if len(result["predictions"]) > limit:
+    lines.append(f"... {len(result['predictions']) - limit} more in the CSV and JSON files")
+  for f in result["failed"]:
+    lines.append(f"skipped {f['path']}: {f['reason']}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  import argparse
+
+  parser = argparse.ArgumentParser(prog="python -m iab_jax.attribute", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
+  parser.add_argument("--workdir", required=True, help="a trained run (python -m iab_jax.main)")
+  parser.add_argument("--top_k", type=int, default=3, help="classes to list per image")
+  parser.add_argument("--out", default="attributions",
+                      help="writes OUT.csv and OUT.json (default: ./attributions.*)")
+  parser.add_argument("--checkpoint", default="best", help="best, last, or a saved step")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="images per jitted batch (default: the run's eval batch size)")
+  parser.add_argument("--degradation", type=int, default=0,
+                      help="apply benchmark degradation level 1-6 first (robustness checks)")
+  parser.add_argument("--threads", type=int, default=4, help="decoding threads")
+  args = parser.parse_args(argv)
+  console.configure(verbosity_given=False)
+  from iab_jax import cli
+
+  try:
+    if args.top_k < 1 or (args.batch_size is not None and args.batch_size < 1):
+      raise errors.UserError("--top_k and --batch_size must be >= 1")
+    if not 0 <= args.degradation <= 6:
+      raise errors.UserError(f"--degradation={args.degradation}; expected a level in 0..6")
+    runs.load_config(args.workdir)  # a wrong --workdir fails before JAX loads
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+      raise errors.UserError(f"--out {args.out!r}: folder {out_dir!r} does not exist")
+    attributor = Attributor(args.workdir, checkpoint=args.checkpoint,
+                            batch_size=args.batch_size, degradation=args.degradation)
+    result = attributor.attribute_files(args.paths, k=args.top_k, threads=args.threads)
+  except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure ends the process
+    cli.exit_on_error(e)
+  with open(args.out + ".json", "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=1)
+  write_csv(result, args.out + ".csv", args.top_k)
+  print(summary(result))
+  console.say("%d images attributed, %d skipped; wrote %s.csv and %s.json",
+              len(result["predictions"]), len(result["failed"]), args.out, args.out)
+  return 0 if result["predictions"] or not result["failed"] else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
