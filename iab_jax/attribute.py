@@ -27,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import glob
-import io
 import json
 import os
 import sys
@@ -42,7 +41,6 @@ import numpy as np  # noqa: E402
 from iab_jax import errors, runs  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-MAX_PIXELS = 8192 * 8192  # as ingest: larger files are refused as decompression bombs
 
 
 def expand_paths(paths: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
@@ -82,7 +80,7 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]
 
 def load_image(source, sixteen_bit: str = "scale"):
   """An RGB PIL image from a path, bytes, a PIL image or an HxWx3 uint8 array; ValueError with
-  the reason when it is not a readable image."""
+  the reason (records.open_image's, as ingest reports them) when it is not a readable image."""
   from PIL import Image
 
   from iab_jax.data import records
@@ -101,22 +99,7 @@ def load_image(source, sixteen_bit: str = "scale"):
         data = f.read()
   except OSError as e:
     raise ValueError(f"unreadable ({e.strerror or e})") from None
-  if not data:
-    raise ValueError("empty file")
-  Image.MAX_IMAGE_PIXELS = None  # our own limit, checked before decoding
-  try:
-    img = Image.open(io.BytesIO(data))
-  except Image.UnidentifiedImageError:
-    raise ValueError("not an image (no known image format)") from None
-  except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem only
-    raise ValueError(f"unreadable image header ({type(e).__name__}: {e})") from None
-  if img.width * img.height > MAX_PIXELS:
-    raise ValueError(f"{img.width}x{img.height} exceeds {MAX_PIXELS} pixels")
-  try:
-    img.load()
-    return records.to_rgb(img, sixteen_bit=sixteen_bit)
-  except Exception as e:  # noqa: BLE001
-    raise ValueError(f"truncated or corrupt {img.format} ({type(e).__name__}: {e})") from None
+  return records.load_rgb(records.open_image(data), sixteen_bit)
 
 
 class Attributor:

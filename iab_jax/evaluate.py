@@ -65,26 +65,25 @@ def evaluate(config, workdir: str, name: str, which: str = "best") -> dict:
     trained = runs.load_config(workdir)
     classes = tasks.load(trained.input, task).classes
   data = tasks.load(config.input, task, classes=classes, any_protocol=True)
-  split = {e.get("split", "test") for e in config.evals.values()}
-  missing = sorted(s for s in split if s not in data.manifest.splits)
+  splits = sorted({e.get("split", "test") for e in config.evals.values()})
+  missing = [s for s in splits if s not in data.manifest.splits]
   if missing:
     raise errors.UserError(f"manifest {data.manifest.path!r} has no split {missing[0]!r} (it has "
                            f"{', '.join(data.manifest.splits)}); set --config.evals.<name>.split")
   mesh = sharding.make_mesh()
   method = methods.get(config.method)(config, classes)
   _, eval_transform = method.transforms()
-  example = supervised._example_image(data, eval_transform, split=sorted(split)[0])
+  example = supervised.example_image(data, eval_transform, split=splits[0])
   variables = ckpt.restore_variables(
       step, lambda: method.init(jax.random.key(0), jnp.asarray(example[None]), pretrained=False),
       sharding.replicated(mesh))
   ckpt.close()
-  known = int((data.labels[data.positions(sorted(split)[0])] >= 0).sum())
+  known = int((data.labels[data.positions(splits[0])] >= 0).sum())
   console.say("%s: %s checkpoint, step %d (epoch %d, val accuracy %s) on %s, manifest %s "
               "(%d of its %s images are of the run's %d classes)", workdir, which, step,
               meta.get("epoch", -1), meta.get("val_accuracy"), data.dataset.root,
-              data.manifest.name, known, sorted(split)[0], len(classes))
-  evals = evaluators.run_all(config, method=method, data=data, mesh=mesh,
-                             variables=variables,
+              data.manifest.name, known, splits[0], len(classes))
+  evals = evaluators.run_all(config, method=method, data=data, mesh=mesh, variables=variables,
                              transform=eval_transform)
   results = supervised.make_results(
       config, method, task, data, evals,

@@ -502,10 +502,9 @@ def write_confusion_plots(runs: Sequence[dict[str, Any]], out: str) -> list[str]
 
 def write_summaries(table: Table, out: str, markdown: str) -> None:
   """The table's numbers as step-0 scalars `table3/<method>/<key>`, and the Markdown as text."""
-  from iab_jax import console, writers
+  from iab_jax import writers
 
-  console.quiet_libraries()  # TensorFlow's start-up lines would bury the table
-  writers.hide_gpus_from_tensorflow()
+  writers.hide_gpus_from_tensorflow()  # also keeps TensorFlow's start-up lines off the table
   from clu import metric_writers
 
   names = table.methods + (AVG_METHOD,)

@@ -46,8 +46,17 @@ def config_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
+# Of those, the ones the test results depend on: a finished run asked for other ones is tested
+# again.
+RESULTS_DEPEND_ON = ("evals", "test_checkpoint")
+
+
+def _under(key: str, prefixes) -> bool:
+  return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def _may_change(key: str) -> bool:
-  return any(key == p or key.startswith(p + ".") for p in RESUME_MAY_CHANGE)
+  return _under(key, RESUME_MAY_CHANGE)
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], *, training_only: bool = True
@@ -97,16 +106,14 @@ def finished(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] 
   """The results of this very run when it has already finished, else None.
 
   Finished means results.json exists and was made under the same config, evaluations included
-  (asking for other levels or evaluators tests it again; only logging settings may differ).
+  (asking for other levels, evaluators or checkpoint tests it again; settings that change neither
+  the training nor the results, such as logging and input reading, may differ).
   """
   results = read_results(os.path.join(workdir, RESULTS_JSON))
   if not results or "config" not in results:
     return None
-  quiet = ("log_every_steps", "distributed", "input.worker_count", "input.read_threads",
-           "input.prefetch_batches", "input.worker_buffer_batches", "input.prepare")
-  differ = [k for k in differences(results["config"], config_dict(config), training_only=False)
-            if not any(k == q or k.startswith(q + ".") for q in quiet)]
-  return None if differ else results
+  differ = differences(results["config"], config_dict(config), training_only=False)
+  return None if any(not _may_change(k) or _under(k, RESULTS_DEPEND_ON) for k in differ) else results
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

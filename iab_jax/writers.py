@@ -20,7 +20,9 @@ import numpy as np
 def hide_gpus_from_tensorflow() -> None:
   """Call before importing clu.metric_writers, which imports TensorFlow: left alone, TF would
   take GPU memory that JAX needs, and print start-up chatter into the run's log."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  from iab_jax import console
+
+  console.quiet_libraries()
   import tensorflow as tf
 
   try:

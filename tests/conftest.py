@@ -8,6 +8,15 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 
+# Triton's native library segfaults when it loads after TensorFlow's (an LLVM symbol clash), and
+# torchvision loads it through torch._dynamo. A test process that writes TensorBoard files (TF)
+# and later builds a torchvision reference would crash, depending on which tests xdist gives it;
+# loaded first, both work. Triton comes with torch (the reference extra); 0.2 s.
+try:
+  import triton  # noqa: E402,F401
+except ImportError:
+  pass
+
 import pytest  # noqa: E402
 
 

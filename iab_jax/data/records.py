@@ -340,6 +340,44 @@ def _check_sixteen_bit(sixteen_bit: str) -> None:
                      f"got {sixteen_bit!r}")
 
 
+MAX_PIXELS = 8192 * 8192  # larger images are refused as decompression bombs
+
+
+class UnreadableImage(ValueError):
+  """A file that is not a decodable image; the message is the reason, e.g. "empty file"."""
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS):
+  """A PIL image of file bytes, header read but no pixel decoded; UnreadableImage for an empty
+  file, a non-image, an unreadable header or more than `max_pixels` pixels (checked before any
+  pixel is decoded). `load_rgb` decodes it. Ingest and attribution share these reasons."""
+  from PIL import Image
+
+  if not data:
+    raise UnreadableImage("empty file")
+  Image.MAX_IMAGE_PIXELS = None  # our own limit below
+  try:
+    img = Image.open(io.BytesIO(data))
+  except Image.UnidentifiedImageError:
+    raise UnreadableImage("not an image (no known image format)") from None
+  except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem only
+    raise UnreadableImage(f"unreadable image header ({type(e).__name__}: {e})") from None
+  if img.width * img.height > max_pixels:
+    raise UnreadableImage(f"decompression bomb refused: {img.width}x{img.height} exceeds "
+                          f"{max_pixels} pixels")
+  return img
+
+
+def load_rgb(img, sixteen_bit: str = "scale"):
+  """Decodes an `open_image` result to RGB (see to_rgb); UnreadableImage if it is truncated or
+  corrupt."""
+  try:
+    img.load()
+    return to_rgb(img, sixteen_bit)
+  except Exception as e:  # noqa: BLE001
+    raise UnreadableImage(f"truncated or corrupt {img.format} ({type(e).__name__}: {e})") from None
+
+
 def to_rgb(img, sixteen_bit: str = "scale"):
   """RGB conversion of any PIL mode; 16-bit and float modes scaled ("scale") or clipped as PIL's
   own `convert("RGB")` does ("clip", the official loader's behaviour)."""

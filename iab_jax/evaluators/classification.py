@@ -10,13 +10,26 @@ per semantic class and, when the records carry groups (a user's folders ingested
 
 from __future__ import annotations
 
+import functools
 import time
+import weakref
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 from iab_jax import console, metrics, sharding
 from iab_jax.data import degradations, generators, pipeline
+
+
+# Compiled prediction steps per method, then per (mesh, batch shapes): a run's validation and
+# test evaluators, and the degradation levels, share one compilation.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _predict_step(method, variables, batch):
+  scores = method.predict(variables, batch["image"])
+  return {"scores": scores, "label": batch["label"], "semantic": batch["semantic"],
+          "position": batch["position"], "mask": batch["mask"]}
 
 
 class Evaluator:
@@ -29,24 +42,20 @@ class Evaluator:
     self.reading = dict(reading or {})  # pipeline.make_dataset's reading keywords
     self.positions = data.positions(split)
     sharding.check_batch_size(batch_size, f"evals.{name}.batch_size")
-    repl = sharding.replicated(mesh)
-    self._predict = jax.jit(self._predict_step, in_shardings=(repl, sharding.batch_sharded(mesh)),
-                            out_shardings=repl)
-    self._compiled = None
     groups = data.dataset.column("group").astype(str)
     self.groups = groups if (groups != "").any() else None
 
-  def _predict_step(self, variables, batch):
-    scores = self.method.predict(variables, batch["image"])
-    return {"scores": scores, "label": batch["label"], "semantic": batch["semantic"],
-            "position": batch["position"], "mask": batch["mask"]}
-
   def _step(self, variables, batch):
-    if self._compiled is None:  # compiled once, ahead of time, so that the log can say so
+    key = (self.mesh, tuple(sorted((k, v.shape, v.dtype.name) for k, v in batch.items())))
+    compiled = _COMPILED.setdefault(self.method, {})
+    if key not in compiled:  # ahead of time, so that the log can say so
+      repl = sharding.replicated(self.mesh)
+      step = jax.jit(functools.partial(_predict_step, self.method),
+                     in_shardings=(repl, sharding.batch_sharded(self.mesh)), out_shardings=repl)
       with console.Timer() as t:
-        self._compiled = self._predict.lower(variables, batch).compile()
+        compiled[key] = step.lower(variables, batch).compile()
       console.say("compiled the %s prediction step in %.1f s", self.name, t.seconds)
-    return self._compiled(variables, batch)
+    return compiled[key](variables, batch)
 
   def predictions(self, variables, level: int) -> dict[str, np.ndarray]:
     """Scores, labels, semantic ids and positions of every (unpadded) example at `level`."""

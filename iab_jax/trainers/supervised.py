@@ -32,7 +32,7 @@ RESULTS_JSON = runs.RESULTS_JSON
 RESULTS_FORMAT = "iab_jax.results"
 
 
-def _example_image(data: tasks.TaskData, transform: str, split: str = "train") -> np.ndarray:
+def example_image(data: tasks.TaskData, transform: str, split: str = "train") -> np.ndarray:
   """One transformed image of `split`: its shape and dtype are what the model will see."""
   position = int(data.positions(split)[0])
   image = records.decode(data.dataset.raw(position))
@@ -122,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- variables
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
-  example = _example_image(data, train_transform)
+  example = example_image(data, train_transform)
   console.say("initialising the model ...")
   with console.Timer() as t:
     variables = method.init(init_rng, jnp.asarray(example[None]))
@@ -161,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpoint_every = int(config.get("checkpoint_every_steps", 0) or 0)
   step = latest or 0
   train_seconds = 0.0
-  state = None
+  state = train_iter = None
   try:
     for phase_index, phase in enumerate(phases):
       if phase_index < position["phase"]:
@@ -229,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   except BaseException:
     bar.close()
     ckpt.close()  # a Python-level failure (NaN, Ctrl-C) still completes the save in flight
-    pipeline.close(locals().get("train_iter"))  # stops input workers, frees their shared memory
+    pipeline.close(train_iter)  # stops input workers, frees their shared memory
     raise
   bar.close()
   ckpt.wait()

@@ -674,7 +674,6 @@ def _alive(pid):
     return False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killed_ingest_leaves_no_workers(tmp_path):
   """SIGKILL of an ingest: its decode processes exit within seconds rather than linger."""
   make_tree(tmp_path / "src", per_folder=4, size=(256, 256))

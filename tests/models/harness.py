@@ -4,8 +4,8 @@ the PyTorch references (torchvision, timm, open_clip, transformers, deepinv, lpi
 The tests run on a few shared CPU cores, so initialisation uses the rbg generator (XLA compiles
 threefry's initialisers several times slower on CPU) and the deep networks run as one compiled
 program. A comparison with a reference is relative: the largest absolute difference over the
-reference's largest magnitude. torch is imported only inside the helpers that drive a reference;
-their callers have already skipped, with pytest.importorskip, where it does not import.
+reference's largest magnitude. torch is imported only inside the helpers that drive a reference,
+so that the tests without one do not pay for its import.
 """
 
 from __future__ import annotations

@@ -382,9 +382,9 @@ def test_checkpoints_entries():
 def _torchvision_net(name, seed, expected_params):
   """torchvision's `name` in eval mode, randomised: non-zero biases and classifier weights of the
   scale of the convs' (torchvision's are 0.01)."""
-  torch = pytest.importorskip("torch")
-  torchvision = pytest.importorskip(
-      "torchvision", reason="torchvision is needed for the parity tests against torchvision")
+  import torch
+  import torchvision
+
   torch.manual_seed(seed)
   net = getattr(torchvision.models, name)(weights=None)
   with torch.no_grad():
