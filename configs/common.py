@@ -5,7 +5,11 @@ A method config calls `task_config(arg, ...)` with its recipe and overrides what
 `semantic1|2|3`, `semantic:<class>`), optionally followed by comma-separated options:
 `runlocal` shrinks the run to a smoke test, `data=DIR` points at a dataset directory,
 `official` reproduces the official PyTorch code where it changes numbers (its split, its 16-bit
-decoding, testing the last epoch instead of the best; methods add their own deviations).
+decoding, testing the last epoch instead of the best; methods add their own deviations),
+`minibench` trains on the built-in mini-bench (built on first use) with the method's own
+mini-bench sizes, the preset `python -m iab_jax.sweep --preset minibench` runs.
+`runlocal` and `minibench` set `random_init_fallback`: a pretrained file that is absent leaves
+the network randomly initialised (the log says so) instead of stopping the run.
 
 List-valued fields are tuples, so that the command line can override them:
 `--config.evals.test.levels=0,3,5`.
@@ -24,7 +28,7 @@ from iab_jax.data import manifests
 EVAL_TRANSFORM = "resize(256)|central_crop(256)"
 NUM_LEVELS = 7  # clean + the six degradations
 MINIBENCH_DIR = tasks.MINIBENCH_DIR  # where `input.prepare = "minibench"` may build it
-OPTIONS = ("runlocal", "data", "official")
+OPTIONS = ("runlocal", "data", "official", "minibench")
 
 
 def default_worker_count() -> int:
@@ -119,10 +123,30 @@ def task_config(arg: str, *, method: str, standard_epochs: int = 10, semantic_ep
                                                     official=True)
     config.input.sixteen_bit = "clip"
     config.test_checkpoint = "last"
+  # A frozen backbone's outputs are cached per (backbone, weights, transform, dataset, split,
+  # level) under this directory ("" = <data_dir>/features), and reused by every later run.
+  config.feature_cache = ""
+  # Caps for smoke tests (0: none): steps per epoch, and records scored per evaluation split
+  # (evenly spread over it).
+  config.max_steps_per_epoch = 0
+  config.max_eval_examples = 0
+  config.random_init_fallback = bool(options.get("runlocal") or options.get("minibench"))
+  if options.get("minibench"):
+    config.input.data_dir = MINIBENCH_DIR
+    config.input.prepare = "minibench"
+    config.input.worker_count = 0
   if options.get("runlocal"):
+    # A few steps, a few batches of every evaluation at all 7 levels.
     config.num_epochs = 1
     config.log_every_steps = 1
+    config.max_steps_per_epoch = 3
+    config.max_eval_examples = 2 * batch_size
   return config
+
+
+def options_of(arg: str) -> dict[str, str | bool]:
+  """The options of a config arg ('standard,runlocal' -> {'runlocal': True})."""
+  return parse_arg(arg)[1]
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

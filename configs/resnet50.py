@@ -7,6 +7,10 @@
 Adam 1e-3, batch 32. The ImageNet weights are torchvision's, as timm's `resnet50.tv_in1k`
 safetensors file; `--config.model.pretrained=FILE` names another file, `--config.model.pretrained=`
 trains from scratch.
+
+`minibench` (the sweep's preset): 64x64 inputs and a shrunk ResNet (one block per stage, width
+16) through the same model code, randomly initialised (ImageNet weights do not fit it); 10 epochs.
+`runlocal` shrinks the same way.
 """
 
 from configs import common
@@ -21,4 +25,12 @@ def get_config(arg: str = "standard"):
   # $IAB_WEIGHTS or ~/.cache/iab_jax/weights, and downloaded there when online; a path is used as is.
   config.model = {"name": "resnet", "pretrained": "resnet50.tv_in1k", "weights_dir": "",
                   "dtype": "float32"}
+  options = common.options_of(arg)
+  if options.get("minibench") or options.get("runlocal"):
+    small = "resize(64)|central_crop(64)|normalize('imagenet')"
+    config.input.transform = config.input.eval_transform = small
+    # ImageNet weights do not fit the shrunk network: it starts from random initialisation.
+    config.model.update(stage_sizes=(1, 1, 1, 1), width=16, pretrained="")
+    if options.get("minibench") and not options.get("runlocal"):
+      config.num_epochs = 10
   return config

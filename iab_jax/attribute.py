@@ -115,16 +115,23 @@ class Attributor:
 
     self.workdir = workdir
     self.config = runs.load_config(workdir)
-    results = runs.read_results(os.path.join(workdir, runs.RESULTS_JSON)) or {}
-    self.classes = results.get("classes") or self._classes_from_manifest()
+    self.classes = runs.run_classes(workdir) or self._classes_from_manifest()
     self.method = methods.get(self.config.method)(self.config, self.classes)
     _, spec = self.method.transforms()
     self.degradation = degradations.check_level(degradation)
     if self.degradation:
       spec = f"degrade({self.degradation})|{spec}"
     self.transform = transforms.parse(spec)
+    # A method that reads a frozen network's features gets them computed here, image by image,
+    # each from its own transform (the cache serves datasets, not arbitrary files).
+    from iab_jax import features as features_lib
+
+    self.frozen = self.method.frozen_features()
+    prefix = f"degrade({self.degradation})|" if self.degradation else ""
+    self.frozen_transforms = {f.name: transforms.parse(prefix + f.transform) for f in self.frozen}
     self.sixteen_bit = self.config.input.get("sixteen_bit", "scale")
     self.mesh = sharding.make_mesh()
+    self.extractors = features_lib.Extractors(self.mesh) if self.frozen else None
     devices = jax.device_count()
     batch_size = batch_size or self.config.input.eval_batch_size
     self.batch_size = -(-batch_size // devices) * devices  # a multiple of the devices
@@ -132,7 +139,7 @@ class Attributor:
     ckpt = checkpointing.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS))
     self.step = ckpt.step_for(checkpoint)
     self.checkpoint = {"which": checkpoint, "step": int(self.step), **ckpt.meta(self.step)}
-    example = self._prepare(np.full((256, 256, 3), 127, np.uint8))
+    example = self._prepare(np.full((256, 256, 3), 127, np.uint8))["image"]
     repl = sharding.replicated(self.mesh)
     self.variables = ckpt.restore_variables(self.step, lambda: self.method.init(
         jax.random.key(0), jnp.asarray(example[None]), pretrained=False), repl)
@@ -146,8 +153,11 @@ class Attributor:
 
     return tasks.load(self.config.input, tasks.parse_task(self.config.task)).classes
 
-  def _prepare(self, image) -> np.ndarray:
-    return self.transform(load_image(image, self.sixteen_bit))
+  def _prepare(self, image) -> dict[str, Any]:
+    """{"image": the method's input, "frozen": {name: a frozen network's input}}."""
+    pixels = load_image(image, self.sixteen_bit)
+    return {"image": self.transform(pixels),
+            "frozen": {name: t(pixels) for name, t in self.frozen_transforms.items()}}
 
   def predict(self, images: Iterable[Any]) -> np.ndarray:
     """(N, classes) probabilities of images given as paths, bytes, PIL images or uint8 arrays.
@@ -164,24 +174,37 @@ class Attributor:
         raise ValueError(f"{name}: {e}") from None
     return self.predict_prepared(prepared)
 
-  def predict_prepared(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
-    """Probabilities of images already through the transform, in fixed-size batches (one
-    compilation per image shape; the last batch is padded and the padding dropped)."""
+  def predict_prepared(self, prepared: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Probabilities of images already through the transforms (`_prepare`), in fixed-size
+    batches (one compilation per image shape; the last batch is padded, the padding dropped)."""
+    import jax
+
     from iab_jax import sharding
 
     out = np.zeros((len(prepared), len(self.classes)), np.float32)
     by_shape: dict[tuple, list[int]] = {}
     for i, x in enumerate(prepared):
-      by_shape.setdefault((x.shape, x.dtype.str), []).append(i)
+      shapes = tuple((a.shape, a.dtype.str) for a in jax.tree.leaves(x))
+      by_shape.setdefault(shapes, []).append(i)
+
+    def stacked(arrays, pad):
+      batch = np.stack(arrays)
+      return np.concatenate([batch, np.repeat(batch[:1], pad, axis=0)]) if pad else batch
+
     for indices in by_shape.values():
       for start in range(0, len(indices), self.batch_size):
         chunk = indices[start:start + self.batch_size]
-        batch = np.stack([prepared[i] for i in chunk])
         pad = self.batch_size - len(chunk)
-        if pad:
-          batch = np.concatenate([batch, np.repeat(batch[:1], pad, axis=0)])
-        images = sharding.global_batch({"image": batch}, self.mesh)["image"]
-        scores = sharding.to_host(self._predict(self.variables, images))
+        batch = sharding.global_batch(
+            {"image": stacked([prepared[i]["image"] for i in chunk], pad)}, self.mesh)
+        if self.frozen:
+          batch["features"] = {}
+          for spec in self.frozen:
+            inputs = stacked([prepared[i]["frozen"][spec.name] for i in chunk], pad)
+            inputs = sharding.global_batch({"x": inputs}, self.mesh)["x"]
+            values = sharding.to_host(self.extractors(spec, inputs))
+            batch["features"][spec.name] = sharding.global_batch({"f": values}, self.mesh)["f"]
+        scores = sharding.to_host(self._predict(self.variables, batch))
         out[chunk] = np.asarray(scores, np.float32)[:len(chunk)]
     return out
 

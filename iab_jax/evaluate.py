@@ -60,7 +60,7 @@ def evaluate(config, workdir: str, name: str, which: str = "best") -> dict:
   step = ckpt.step_for(which)
   meta = ckpt.meta(step)
   # The run's classes: from its results, else from the manifest it trained on.
-  classes = run_results.get("classes")
+  classes = runs.run_classes(workdir)
   if classes is None:
     trained = runs.load_config(workdir)
     classes = tasks.load(trained.input, task).classes

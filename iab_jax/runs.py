@@ -92,6 +92,18 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
                      f"resume: {details}. Use a new --workdir, or the run's own config.")
 
 
+IMPORTED_JSON = "imported.json"  # a run made from the authors' checkpoint (data_prep.import_official)
+
+
+def run_classes(workdir: str) -> list[str] | None:
+  """A run's classes in label order: from its results, or from its import record."""
+  for name in (RESULTS_JSON, IMPORTED_JSON):
+    found = (read_results(os.path.join(workdir, name)) or {}).get("classes")
+    if found:
+      return list(found)
+  return None
+
+
 def read_results(path: str) -> dict[str, Any] | None:
   if not os.path.exists(path):
     return None

@@ -20,7 +20,11 @@ DATA_AXIS = "data"
 
 
 def make_mesh() -> Mesh:
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), devices=jax.devices())
+  # Auto axes: the compiler propagates the batch sharding through every op (a model may mix
+  # replicated parameters with batch-sharded activations freely, e.g. broadcasting a ViT's class
+  # token to the batch), where Explicit axes, jax.make_mesh's default since 0.7, would reject that.
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), devices=jax.devices(),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -39,11 +43,12 @@ def check_batch_size(batch_size: int, key: str) -> None:
                      f"({jax.process_count()} processes x {jax.local_device_count()} local)")
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's slice of a batch -> global arrays sharded along the data axis."""
+def global_batch(local: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+  """This process's slice of a batch (a dict, possibly nested: batch["features"][name]) ->
+  global arrays sharded along the data axis."""
   sharding = batch_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local.items()}
+  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)),
+                      local)
 
 
 def to_host(tree: Any) -> Any:

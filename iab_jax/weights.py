@@ -151,6 +151,40 @@ def resolve(value: str, cache_dir: str | None = None) -> str:
   return value
 
 
+def resolve_or_random(value: str, config, key: str) -> str | None:
+  """`resolve(value)` for a method's pretrained-weights field `key`; None (keep the random
+  initialisation, and say so) when the file is absent and `config.random_init_fallback` is set,
+  as `runlocal` and `minibench` runs do. Any other run stops with the file, its source and where
+  to put it."""
+  cache_dir = config.get("model", {}).get("weights_dir") or None
+  try:
+    return resolve(value, cache_dir)
+  except FileNotFoundError as e:
+    if not config.get("random_init_fallback", False):
+      raise
+    from iab_jax import console
+
+    console.say("%s=%r: weights not found, so random initialisation (%s)", key, value,
+                "random_init_fallback is set by runlocal/minibench")
+    del e
+    return None
+
+
+def file_identity(path: str) -> str:
+  """A cheap, content-based name for a weights file: size and the sha256 of its first and last
+  MiB (a different file of the same size differs there in practice), for cache keys."""
+  import hashlib
+
+  size = os.path.getsize(path)
+  digest = hashlib.sha256(str(size).encode())
+  with open(path, "rb") as f:
+    digest.update(f.read(1 << 20))
+    if size > 2 << 20:
+      f.seek(-(1 << 20), os.SEEK_END)
+      digest.update(f.read())
+  return f"{os.path.basename(path)}:{size}:{digest.hexdigest()[:16]}"
+
+
 def is_flax_file(path: str) -> bool:
   from safetensors import safe_open
 

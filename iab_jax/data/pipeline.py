@@ -100,6 +100,7 @@ class Prepare:
   semantics: np.ndarray  # semantic index of every dataset record
   from_cache: bool
   sixteen_bit: str = "scale"  # 16-bit images: "scale" to 8 bits, or "clip" as the official code
+  levels: np.ndarray | None = None  # (records, 4) Table 6 family levels, -1 where unknown
 
   def __call__(self, element, rng: np.random.Generator | None = None):
     if self.from_cache:
@@ -111,6 +112,8 @@ class Prepare:
         "image": self.transform(image, rng),
         "label": np.int32(self.labels[position]),
         "semantic": np.int32(self.semantics[position]),
+        "levels": (self.levels[position] if self.levels is not None
+                   else np.full(4, -1, np.int32)),
         "position": np.int64(position),
         "mask": np.bool_(element["mask"]),
     }
@@ -141,6 +144,14 @@ class Stack:
 def semantic_ids(dataset: records.Dataset) -> np.ndarray:
   index = {name: i for i, name in enumerate(generators.SEMANTIC_ORDER)}
   return np.array([index.get(s, -1) for s in dataset.column("semantic")], np.int32)
+
+
+def family_levels(dataset: records.Dataset) -> np.ndarray:
+  """(records, 4) int32: every record's Table 6 family levels (-1 where unknown)."""
+  column = dataset.column("levels")
+  if len(column) == 0:
+    return np.zeros((0, 4), np.int32)
+  return np.asarray([list(v) for v in column], np.int32).reshape(len(column), 4)
 
 
 def make_dataset(
@@ -195,7 +206,7 @@ def make_dataset(
   if cached is not None:
     shard_paths, rest = cached.shard_paths, cached.remaining(spec)
   prepare = Prepare(transforms.parse(rest), labels, semantic_ids(dataset), cached is not None,
-                    sixteen_bit)
+                    sixteen_bit, family_levels(dataset))
 
   positions = np.asarray(positions, np.int64)
   if len(positions) == 0:

@@ -23,33 +23,52 @@ def get(kind: str, key: str = "evals"):
   return getattr(importlib.import_module(module_name), class_name)
 
 
-def make(name: str, cfg: dict[str, Any], *, method, data, mesh, config, transform: str):
+def provider(method, *, data, config, mesh):
+  """The run's access to the method's frozen features (iab_jax.features), or None without any."""
+  if not method.frozen_features():
+    return None
+  from iab_jax import features
+  from iab_jax.data import pipeline
+
+  return features.Provider(method, data=data, config=config, mesh=mesh,
+                           batch_size=config.input.eval_batch_size,
+                           reading=pipeline.reading_options(config.input))
+
+
+def make(name: str, cfg: dict[str, Any], *, method, data, mesh, config, transform: str,
+         features=None):
   """The evaluator `config.evals[name]` describes (type, split, levels, ...), reading its data
-  with the run's input settings."""
+  with the run's input settings; `features` is the run's features.Provider (frozen features)."""
   from iab_jax.data import pipeline
 
   cfg = dict(cfg)
   kind = cfg.pop("type", "classification")
   batch_size = cfg.pop("batch_size", config.input.eval_batch_size)
+  cfg.setdefault("max_examples", int(config.get("max_eval_examples", 0) or 0))
+  if features is None:
+    features = provider(method, data=data, config=config, mesh=mesh)
   try:
     return get(kind, f"evals.{name}")(
         name=name, method=method, data=data, mesh=mesh, transform=cfg.pop("transform", transform),
-        batch_size=batch_size, reading=pipeline.reading_options(config.input), **cfg)
+        batch_size=batch_size, reading=pipeline.reading_options(config.input), features=features,
+        **cfg)
   except TypeError as e:
     raise ValueError(f"config.evals.{name}: {e}") from None
 
 
 def run_all(config, *, method, data, mesh, variables, transform: str, writer=None,
-            step: int = 0) -> dict[str, Any]:
+            step: int = 0, features=None) -> dict[str, Any]:
   """Every evaluator of `config.evals` on `variables`; their results by name (also written as
   scalars to `writer` at `step`)."""
   from iab_jax.evaluators import classification
 
+  if features is None:
+    features = provider(method, data=data, config=config, mesh=mesh)
   results = {}
   for name, eval_cfg in config.evals.items():
     cfg = eval_cfg.to_dict() if hasattr(eval_cfg, "to_dict") else dict(eval_cfg)
     evaluator = make(name, cfg, method=method, data=data, mesh=mesh, config=config,
-                     transform=transform)
+                     transform=transform, features=features)
     results[name] = evaluator.run(variables)
     if writer is not None:
       writer.write_scalars(step, classification.scalars(name, results[name]))

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from iab_jax import console, metrics, sharding
+from iab_jax import console, features as features_lib, metrics, sharding
 from iab_jax.data import degradations, generators, pipeline
 
 
@@ -26,27 +26,36 @@ from iab_jax.data import degradations, generators, pipeline
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_PASSED = ("label", "semantic", "position", "mask")  # returned with the scores, for the metrics
+_INPUTS = ("image", "levels", "features")  # what predict may read
+
+
 def _predict_step(method, variables, batch):
-  scores = method.predict(variables, batch["image"])
-  return {"scores": scores, "label": batch["label"], "semantic": batch["semantic"],
-          "position": batch["position"], "mask": batch["mask"]}
+  scores = method.predict(variables, {k: batch[k] for k in _INPUTS if k in batch})
+  return {"scores": scores, **{k: batch[k] for k in _PASSED}}
 
 
 class Evaluator:
 
   def __init__(self, *, name: str, method, data, mesh, transform: str, batch_size: int,
-               split: str = "test", levels: Sequence[int] = (0,), reading=None):
+               split: str = "test", levels: Sequence[int] = (0,), reading=None,
+               max_examples: int = 0, features=None):
+    """max_examples: score only that many of the split's records, evenly spread (0: all).
+    features: the run's features.Provider when the method reads frozen features."""
     self.name, self.method, self.data, self.mesh = name, method, data, mesh
     self.split, self.transform, self.batch_size = split, transform, batch_size
     self.levels = [degradations.check_level(k) for k in levels]
     self.reading = dict(reading or {})  # pipeline.make_dataset's reading keywords
-    self.positions = data.positions(split)
+    self.max_examples = int(max_examples or 0)
+    self.positions = features_lib.spread(data.positions(split), self.max_examples)
+    self.features = features if features else None
     sharding.check_batch_size(batch_size, f"evals.{name}.batch_size")
     groups = data.dataset.column("group").astype(str)
     self.groups = groups if (groups != "").any() else None
 
   def _step(self, variables, batch):
-    key = (self.mesh, tuple(sorted((k, v.shape, v.dtype.name) for k, v in batch.items())))
+    key = (self.mesh, tuple((jax.tree_util.keystr(path), v.shape, v.dtype.name)
+                            for path, v in jax.tree_util.tree_leaves_with_path(batch)))
     compiled = _COMPILED.setdefault(self.method, {})
     if key not in compiled:  # ahead of time, so that the log can say so
       repl = sharding.replicated(self.mesh)
@@ -57,19 +66,45 @@ class Evaluator:
       console.say("compiled the %s prediction step in %.1f s", self.name, t.seconds)
     return compiled[key](variables, batch)
 
+  def _feature_batches(self, level: int):
+    """Batches of cached features alone (a method that reads no pixels), in the layout the
+    pipeline gives, this process's slice of each global batch."""
+    import jax
+
+    tables = self.features.tables(self.split, level, self.max_examples)
+    positions = self.positions
+    pad = -len(positions) % self.batch_size
+    mask = np.concatenate([np.ones(len(positions), bool), np.zeros(pad, bool)])
+    positions = np.concatenate([positions, np.repeat(positions[:1], pad)])
+    semantics = pipeline.semantic_ids(self.data.dataset)
+    levels = pipeline.family_levels(self.data.dataset)
+    count, index = jax.process_count(), jax.process_index()
+    for start in range(0, len(positions), self.batch_size):
+      where = positions[start:start + self.batch_size][index::count]
+      yield {"label": self.data.labels[where].astype(np.int32),
+             "semantic": semantics[where], "levels": levels[where], "position": where,
+             "mask": mask[start:start + self.batch_size][index::count],
+             "features": {k: t.lookup(where) for k, t in tables.items()}}
+
   def predictions(self, variables, level: int) -> dict[str, np.ndarray]:
     """Scores, labels, semantic ids and positions of every (unpadded) example at `level`."""
-    ds = pipeline.make_dataset(self.data.dataset, self.positions, self.data.labels, self.transform,
-                               batch_size=self.batch_size, train=False, degradation=level,
-                               **self.reading)
     parts = []
-    it = iter(ds)
-    try:
-      for batch in it:
-        batch = {k: batch[k] for k in ("image", "label", "semantic", "position", "mask")}
+    if self.features is not None and not self.method.uses_images:
+      for batch in self._feature_batches(level):
         parts.append(self._step(variables, sharding.global_batch(batch, self.mesh)))
-    finally:
-      pipeline.close(it)
+    else:
+      ds = pipeline.make_dataset(self.data.dataset, self.positions, self.data.labels,
+                                 self.transform, batch_size=self.batch_size, train=False,
+                                 degradation=level, **self.reading)
+      it = iter(ds)
+      try:
+        for batch in it:
+          batch = {k: batch[k] for k in ("image", "levels", *_PASSED)}
+          if self.features is not None:
+            batch = self.features.add(batch, self.split, level, self.max_examples)
+          parts.append(self._step(variables, sharding.global_batch(batch, self.mesh)))
+      finally:
+        pipeline.close(it)
     out = {k: np.concatenate([p[k] for p in sharding.to_host(parts)]) for k in parts[0]}
     keep = out.pop("mask")
     return {k: v[keep] for k, v in out.items()}

@@ -11,6 +11,11 @@ import importlib
 _REGISTRY: dict[str, tuple[str, str]] = {
     "resnet50": ("ResNet-50", "iab_jax.methods.classifier:Classifier"),
     "small_cnn": ("Small CNN", "iab_jax.methods.classifier:Classifier"),
+    "dct_cnn": ("DCT-CNN", "iab_jax.methods.dct_cnn:DctCnn"),
+    "clip_lr": ("CLIP-LR", "iab_jax.methods.clip_lr:ClipLR"),
+    "hifi_net": ("HiFi-Net", "iab_jax.methods.hifi_net:HiFiNet"),
+    "defl": ("Li et al.", "iab_jax.methods.defl:Defl"),
+    "fsd": ("FSD", "iab_jax.methods.fsd:Fsd"),
 }
 
 

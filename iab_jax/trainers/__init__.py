@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("supervised",)
+_FAMILIES = ("supervised", "linear_probe")
 
 
 def get(name: str):

@@ -105,6 +105,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if steps_per_epoch == 0:
     raise ValueError(f"config.input.batch_size={batch_size} is larger than the training split "
                      f"({len(train_positions)} images)")
+  # A smoke test (runlocal) caps the steps of an "epoch"; the next one continues the stream.
+  step_limit = int(config.get("max_steps_per_epoch", 0) or 0)
+  if step_limit and step_limit < steps_per_epoch:
+    console.say("max_steps_per_epoch=%d: each epoch is cut to %d of its %d steps", step_limit,
+                step_limit, steps_per_epoch)
+    steps_per_epoch = step_limit
   phases = method.phases()
   total_steps = sum(p.num_epochs for p in phases) * steps_per_epoch
   writer = writers.create(workdir)
@@ -126,21 +132,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   console.say("initialising the model ...")
   with console.Timer() as t:
     variables = method.init(init_rng, jnp.asarray(example[None]))
+  ckpt = checkpointing.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS))
+  latest = ckpt.latest_step()
+  if method.needs_prepare and latest is None:  # a resumed run restores what prepare set
+    variables = prepare(method, variables, data, train_transform, config, step_limit)
+  with console.Timer() as t2:
     params, model_state = _split_variables(sharding.replicate(variables, mesh))
+  t.seconds += t2.seconds
   console.say("model: %s parameters, input %s %s (%.1f s)", f"{_num_parameters(params):,}",
               "x".join(map(str, example.shape)), example.dtype, t.seconds)
   # Passed to the step as raw key data: a host value every process holds, replicated.
   train_key = sharding.replicate(jax.random.key_data(train_rng), mesh)
   repl = sharding.replicated(mesh)
 
-  # ---------------------------------------------------------------- evaluators
+  # ---------------------------------------------------------------- evaluators, frozen features
+  features = evaluators.provider(method, data=data, config=config, mesh=mesh)
   val_evaluator = evaluators.make("val", dict(split="val", levels=[0]), method=method, data=data,
-                                  mesh=mesh, config=config, transform=eval_transform)
+                                  mesh=mesh, config=config, transform=eval_transform,
+                                  features=features)
 
   # ---------------------------------------------------------------- checkpoints
-  ckpt = checkpointing.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS))
   position = {"phase": 0, "epoch": 0, "step_in_epoch": 0}
-  latest = ckpt.latest_step()
   if latest is not None:
     position = ckpt.meta(latest)
     console.say("resuming from step %d: phase %d, epoch %d, step %d of the epoch", latest,
@@ -184,7 +196,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         epoch_start = time.perf_counter()
         for step_in_epoch in range(skip_steps, steps_per_epoch):
           local = next(train_iter)
-          batch = sharding.global_batch({"image": local["image"], "label": local["label"]}, mesh)
+          if features:
+            local = features.add(local, "train", 0)
+          batch = sharding.global_batch(
+              {k: local[k] for k in ("image", "label", "levels", "features") if k in local}, mesh)
           if compiled is None:  # ahead of time, so that a long XLA compilation is announced
             console.say("compiling the %s step (batch %s) ...", phase.name,
                         "x".join(map(str, batch["image"].shape)))
@@ -248,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               "?" if val is None else f"{val:.4f}")
   results_evals = evaluators.run_all(config, method=method, data=data, mesh=mesh,
                                      variables=_variables(model), transform=eval_transform,
-                                     writer=writer, step=tested)
+                                     writer=writer, step=tested, features=features)
   writer.flush()
   results = make_results(config, method, task, data, results_evals, checkpoint={
       "step": int(tested), "which": which, "phase": tested_meta["phase"],
@@ -259,6 +274,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_results(results, os.path.join(workdir, RESULTS_JSON))
   writer.close()
   return results
+
+
+def prepare(method, variables, data: tasks.TaskData, transform: str, config, step_limit: int = 0):
+  """The method's pass over the training split before training (method.prepare): batches in
+  record order through the training transform, padding removed; at most `step_limit` batches
+  when the run is cut short (runlocal)."""
+  batch_size = config.input.batch_size
+  it = iter(pipeline.make_dataset(data.dataset, data.positions("train"), data.labels, transform,
+                                  batch_size=batch_size, train=False,
+                                  **pipeline.reading_options(config.input)))
+  limit = step_limit or None
+
+  def batches():
+    for i, batch in enumerate(it):
+      if limit is not None and i >= limit:
+        return
+      keep = batch["mask"]
+      yield {k: v[keep] for k, v in batch.items() if k != "mask"}
+
+  console.say("preparing %s: a pass over the training split ...", method.display_name)
+  try:
+    with console.Timer() as t:
+      variables = method.prepare(variables, batches())
+  finally:
+    pipeline.close(it)
+  console.say("prepared in %.1f s", t.seconds)
+  return variables
 
 
 def baselines(data: tasks.TaskData, test_split: str = "test") -> dict[str, Any]:
