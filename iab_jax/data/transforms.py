@@ -486,3 +486,26 @@ def normalize(kind=None, *, mean=None, std=None):
   if np.any(std <= 0):
     raise ValueError(f"normalize std must be > 0, got {tuple(std.tolist())}")
   return functools.partial(_normalize, mean=mean, std=std)
+
+
+def _dct(img, rng, *, log):
+  del rng
+  from scipy import fft  # only runs that use the op pay for scipy's import
+
+  # float32 in, float32 out, as the official loader (scipy.fftpack on a float32 array) computes
+  # it; an orthonormal DCT-II over height and width, each channel on its own.
+  pixels = np.asarray(img, dtype=np.float32)
+  magnitude = np.abs(fft.dctn(pixels, type=2, norm="ortho", axes=(0, 1)))
+  if log:
+    # GANDCTAnalysis's log_scale: the epsilon keeps a zero coefficient finite.
+    return np.log(magnitude + np.float32(1e-12)).astype(np.float32)
+  return magnitude.astype(np.float32)
+
+
+@register("dct", size="keep", to_array=True)
+def dct(log=True):
+  """Per-channel 2-D DCT-II (orthonormal) magnitudes of the 0-255 pixels, float32; log(|c|+1e-12)
+  when log, else |c| (the official DCT-CNN loader: no /255 scaling, no log)."""
+  if not isinstance(log, bool):
+    raise ValueError(f"dct log must be True or False, got {log!r}")
+  return functools.partial(_dct, log=log)

@@ -20,6 +20,7 @@ from iab_jax import models, weights
 SMALL = {
     "resnet": (dict(stage_sizes=(1, 1, 1, 1), width=8), 32),
     "small_cnn": (dict(), 32),
+    "dct_cnn": (dict(), 32),
     "xception": (dict(), 64),
     "convnext": (dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), 32),
     "hrnet": (dict(stem_width=8, num_modules=(1, 1, 1, 1),
@@ -68,7 +69,7 @@ def test_model_contract(name):
     assert logits.shape == (2, 3) and logits.dtype == jnp.float32
     head = getattr(module, "HEAD", None)
     assert head in variables["params"], f"{name}.HEAD={head!r} must name the classifier params"
-  if name != "small_cnn":  # the quickstart's network has no public weights
+  if name not in ("small_cnn", "dct_cnn"):  # networks without public pretrained weights
     assert callable(module.load_pretrained)
     assert module.CHECKPOINTS
 
