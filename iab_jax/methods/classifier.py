@@ -48,8 +48,9 @@ class Classifier(base.Method):
       if not hasattr(self.module, "load_pretrained"):
         raise ValueError(f"config.model.pretrained: model {self.config.model.name!r} has no "
                          "pretrained weights loader")
-      path = weights.resolve(pretrained, self.config.model.get("weights_dir") or None)
-      variables = weights.load_into(variables, self.module, path)
+      path = weights.resolve_or_random(pretrained, self.config, "config.model.pretrained")
+      if path is not None:
+        variables = weights.load_into(variables, self.module, path)
     return variables
 
   def _logits(self, variables, images, train: bool, rng=None):
@@ -70,6 +71,69 @@ class Classifier(base.Method):
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return loss, (state, {"accuracy": accuracy})
 
-  def predict(self, variables, images):
-    logits, _ = self._logits(variables, images, False)
+  def predict(self, variables, batch):
+    logits, _ = self._logits(variables, batch["image"], False)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The authors' released checkpoints (data_prep/import_official.py calls these).
+
+OFFICIAL_LAYOUT_RESNET50 = "resnet50_state_dict.txt"
+
+
+def read_official_layout(name: str) -> dict[str, tuple[int, ...]]:
+  """key -> shape of an official checkpoint, from data_prep/official_layouts/<name>
+  (lines `key: [d0, d1, ...]`, written by building the official model with random weights)."""
+  import os
+
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  path = name if os.path.isabs(name) else os.path.join(repo, "data_prep", "official_layouts", name)
+  layout = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        key, _, shape = line.rpartition(":")
+        layout[key.strip()] = tuple(int(d) for d in shape.strip(" []\n").split(",") if d.strip())
+  return layout
+
+
+def check_official_state(state, layout: dict[str, tuple[int, ...]], what: str) -> None:
+  """Raises a one-line ValueError naming the first missing, extra or mis-shaped key of `state`
+  (key -> numpy array)."""
+  import numpy as np
+
+  missing = sorted(layout.keys() - state.keys())
+  extra = sorted(state.keys() - layout.keys())
+  if missing:
+    raise ValueError(f"{what}: missing key {missing[0]} ({len(missing)} missing in all)")
+  if extra:
+    raise ValueError(f"{what}: unexpected key {extra[0]} ({len(extra)} unexpected in all)")
+  for key in sorted(layout):
+    if tuple(np.shape(state[key])) != layout[key]:
+      raise ValueError(f"{what}: {key} has shape {tuple(np.shape(state[key]))}, expected "
+                       f"{layout[key]}")
+
+
+def import_official_resnet50(state, config, out_dir: str,
+                             *, layout: dict[str, tuple[int, ...]] | None = None
+                             ) -> base.OfficialImport:
+  """The official ResNet-50 attributor's state dict -> this method's variables.
+
+  Its keys are `backbone.*` (torchvision resnet50 with fc = Identity) and `fc.{weight,bias}` (the
+  Linear(2048, 23) head): the same network as ours once the head takes torchvision's fc place.
+  `layout` replaces the official key/shape list (tests); config and out_dir are not needed.
+  """
+  del config, out_dir
+  from iab_jax.models import resnet
+
+  check_official_state(state, layout or read_official_layout(OFFICIAL_LAYOUT_RESNET50),
+                       "official resnet50 checkpoint")
+  torchvision_state = {k[len("backbone."):]: v for k, v in state.items()
+                       if k.startswith("backbone.")}
+  torchvision_state.update({k: v for k, v in state.items() if k.startswith("fc.")})
+  variables = resnet.from_torchvision(torchvision_state)
+  return base.OfficialImport(
+      variables={k: jax.tree.map(jnp.asarray, v) for k, v in variables.items()},
+      notes=["the official ResNet-50 saw 224x224 crops (Resize(256), CenterCrop(224)); test it "
+             "with the same eval transform"])
