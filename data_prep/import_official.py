@@ -54,7 +54,6 @@ IMPORTABLE: dict[str, Importable] = {i.method: i for i in (
 )}
 SPLITS = {"default": "standard", "split1": "semantic1", "split2": "semantic2",
           "split3": "semantic3"}
-LAYOUTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "official_layouts")
 
 
 def find(name: str) -> Importable:
@@ -69,13 +68,9 @@ def find(name: str) -> Importable:
 
 def layout(entry: Importable) -> dict[str, tuple[int, ...]]:
   """The official state dict's keys and shapes, from its layout file."""
-  out = {}
-  with open(os.path.join(LAYOUTS_DIR, entry.layout)) as f:
-    for line in f:
-      if line.strip():
-        key, shape = line.split(":", 1)
-        out[key.strip()] = tuple(json.loads(shape))
-  return out
+  from iab_jax.methods import official
+
+  return official.read_layout(entry.layout)
 
 
 def task_from_filename(path: str) -> str | None:
@@ -122,19 +117,9 @@ def _plain(value):
 
 def check_layout(state: dict[str, np.ndarray], entry: Importable) -> None:
   """One line naming the first missing, extra or mis-shaped key against the official layout."""
-  expected = layout(entry)
-  present = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-  for key in sorted(expected):
-    if key not in present:
-      raise ValueError(f"{entry.method}: key {key!r} of the official layout is missing from the "
-                       f"file ({len(set(expected) - set(present))} missing)")
-  for key in sorted(present):
-    if key not in expected:
-      raise ValueError(f"{entry.method}: unexpected key {key!r} (not in the official layout "
-                       f"{entry.layout})")
-    if tuple(present[key].shape) != expected[key]:
-      raise ValueError(f"{entry.method}: key {key!r} has shape {tuple(present[key].shape)}, "
-                       f"the official layout has {expected[key]}")
+  from iab_jax.methods import official
+
+  official.check_state(state, layout(entry), entry.method)
 
 
 def import_run(method: str, src: str, out: str, task: str | None = None,

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from iab_jax import models
-from iab_jax.methods import base
+from iab_jax.methods import base, official
 
 _NOT_MODEL_KWARGS = ("name", "pretrained", "weights_dir")
 
@@ -82,39 +82,6 @@ class Classifier(base.Method):
 OFFICIAL_LAYOUT_RESNET50 = "resnet50_state_dict.txt"
 
 
-def read_official_layout(name: str) -> dict[str, tuple[int, ...]]:
-  """key -> shape of an official checkpoint, from data_prep/official_layouts/<name>
-  (lines `key: [d0, d1, ...]`, written by building the official model with random weights)."""
-  import os
-
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  path = name if os.path.isabs(name) else os.path.join(repo, "data_prep", "official_layouts", name)
-  layout = {}
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        key, _, shape = line.rpartition(":")
-        layout[key.strip()] = tuple(int(d) for d in shape.strip(" []\n").split(",") if d.strip())
-  return layout
-
-
-def check_official_state(state, layout: dict[str, tuple[int, ...]], what: str) -> None:
-  """Raises a one-line ValueError naming the first missing, extra or mis-shaped key of `state`
-  (key -> numpy array)."""
-  import numpy as np
-
-  missing = sorted(layout.keys() - state.keys())
-  extra = sorted(state.keys() - layout.keys())
-  if missing:
-    raise ValueError(f"{what}: missing key {missing[0]} ({len(missing)} missing in all)")
-  if extra:
-    raise ValueError(f"{what}: unexpected key {extra[0]} ({len(extra)} unexpected in all)")
-  for key in sorted(layout):
-    if tuple(np.shape(state[key])) != layout[key]:
-      raise ValueError(f"{what}: {key} has shape {tuple(np.shape(state[key]))}, expected "
-                       f"{layout[key]}")
-
-
 def import_official_resnet50(state, config, out_dir: str,
                              *, layout: dict[str, tuple[int, ...]] | None = None
                              ) -> base.OfficialImport:
@@ -127,7 +94,7 @@ def import_official_resnet50(state, config, out_dir: str,
   del config, out_dir
   from iab_jax.models import resnet
 
-  check_official_state(state, layout or read_official_layout(OFFICIAL_LAYOUT_RESNET50),
+  official.check_state(state, layout or official.read_layout(OFFICIAL_LAYOUT_RESNET50),
                        "official resnet50 checkpoint")
   torchvision_state = {k[len("backbone."):]: v for k, v in state.items()
                        if k.startswith("backbone.")}

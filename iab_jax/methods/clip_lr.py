@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from iab_jax.methods import base, logistic
+from iab_jax.methods import base, logistic, official
 
 FEATURES = "clip"  # the key of the cached embeddings in batch["features"]
 OFFICIAL_LAYOUT = "clip_lr_state_dict.txt"
@@ -191,8 +191,8 @@ def import_official(state, config, out_dir: str, *, layout=None) -> base.Officia
 
   from iab_jax.methods import classifier
 
-  classifier.check_official_state(state, layout or classifier.read_official_layout(OFFICIAL_LAYOUT),
-                                  "official clip_lr checkpoint")
+  official.check_state(state, layout or official.read_layout(OFFICIAL_LAYOUT),
+                       "official clip_lr checkpoint")
   prefix = "clip_model."
   vision = {k[len(prefix):]: np.ascontiguousarray(np.asarray(v, np.float32))
             for k, v in state.items()

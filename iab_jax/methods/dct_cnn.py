@@ -22,7 +22,7 @@ import optax
 
 from iab_jax import console
 from iab_jax.data import transforms
-from iab_jax.methods import base
+from iab_jax.methods import base, official
 from iab_jax.models import dct_cnn as dct_cnn_model
 
 OFFICIAL_LAYOUT = "dct_state_dict.txt"
@@ -184,18 +184,6 @@ def official_layout(widths=(3, 8, 16, 32), num_classes: int = OFFICIAL_NUM_CLASS
   return layout
 
 
-def _check_layout(state: dict[str, np.ndarray], layout: dict[str, tuple[int, ...]]) -> None:
-  for key in sorted(layout):
-    if key not in state:
-      raise ValueError(f"official DCT-CNN checkpoint: missing key {key!r}")
-  for key in sorted(state):
-    if key not in layout:
-      raise ValueError(f"official DCT-CNN checkpoint: unexpected key {key!r}")
-    if tuple(np.shape(state[key])) != layout[key]:
-      raise ValueError(f"official DCT-CNN checkpoint: {key!r} has shape "
-                       f"{tuple(np.shape(state[key]))}, expected {layout[key]}")
-
-
 def import_official(state: dict[str, np.ndarray], config, out_dir: str) -> base.OfficialImport:
   """The variables DctCnn.init makes for `config`, holding the official checkpoint's weights.
 
@@ -206,7 +194,7 @@ def import_official(state: dict[str, np.ndarray], config, out_dir: str) -> base.
   del out_dir  # nothing besides the variables
   widths = tuple(int(w) for w in config.model.get("widths", (3, 8, 16, 32)))
   layout = official_layout(widths)
-  _check_layout(state, layout)
+  official.check_state(state, layout, "official DCT-CNN checkpoint")
   params = {}
   for i in range(len(widths)):
     name = f"conv{i + 1}"

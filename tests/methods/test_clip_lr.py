@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from configs import clip_lr as clip_lr_config
-from iab_jax.methods import classifier, clip_lr, logistic
+from iab_jax.methods import clip_lr, logistic, official
 
 CLASSES = [f"class{i}" for i in range(7)]
 
@@ -139,8 +139,8 @@ def tiny_clip():
 
 def test_import_official_writes_the_vision_tower(tiny_clip, tmp_path):
   torch, net, state = tiny_clip
-  official = classifier.read_official_layout(clip_lr.OFFICIAL_LAYOUT)
-  assert set(state) == set(official) and len(official) == 910
+  expected = official.read_layout(clip_lr.OFFICIAL_LAYOUT)
+  assert set(state) == set(expected) and len(expected) == 910
   layout = {k: tuple(v.shape) for k, v in state.items()}
   result = clip_lr.import_official(state, small_config(), str(tmp_path), layout=layout)
   assert result.variables is None and "refitted" in result.notes[0]
@@ -170,12 +170,13 @@ def full_size_state(layout):
 
 
 @pytest.mark.parametrize("change, message", [
-    ("missing", r"missing key clip_model\.visual_projection\.weight"),
-    ("extra", r"unexpected key clip_model\.head\.weight"),
-    ("shape", r"clip_model\.vision_model\.pre_layrnorm\.bias has shape \(3,\), expected \(1280,\)"),
+    ("missing", r"key 'clip_model\.visual_projection\.weight' of the official layout is missing"),
+    ("extra", r"unexpected key 'clip_model\.head\.weight'"),
+    ("shape", r"key 'clip_model\.vision_model\.pre_layrnorm\.bias' has shape \(3,\), "
+     r"the official layout has \(1280,\)"),
 ])
 def test_import_official_rejects_other_layouts(tmp_path, change, message):
-  state = full_size_state(classifier.read_official_layout(clip_lr.OFFICIAL_LAYOUT))
+  state = full_size_state(official.read_layout(clip_lr.OFFICIAL_LAYOUT))
   if change == "missing":
     del state["clip_model.visual_projection.weight"]
   elif change == "extra":

@@ -169,7 +169,7 @@ def test_import_official_gives_the_torch_logits():
 
 
 @pytest.mark.parametrize("change, message", [
-    ("missing", "missing key 'feature_extractor.conv3.bias'"),
+    ("missing", "key 'feature_extractor.conv3.bias' of the official layout is missing"),
     ("extra", "unexpected key 'feature_extractor.conv5.weight'"),
     ("shape", "'feature_extractor.fc.weight' has shape"),
 ])

@@ -12,7 +12,7 @@ import pytest
 from configs import fsd as fsd_config
 from configs import resnet50 as resnet50_config
 from iab_jax import optimizers
-from iab_jax.methods import classifier, fsd
+from iab_jax.methods import classifier, fsd, official
 
 
 def torch_net(stage_sizes, fc, seed=0):
@@ -152,7 +152,7 @@ def official_resnet50():
 
 def test_import_official_resnet50_logits_equal_torch(official_resnet50, tmp_path):
   torch, net, state = official_resnet50
-  assert {k: v.shape for k, v in state.items()} == classifier.read_official_layout(
+  assert {k: v.shape for k, v in state.items()} == official.read_layout(
       classifier.OFFICIAL_LAYOUT_RESNET50)
   config = resnet50_config.get_config("standard,official")
   result = classifier.import_official_resnet50(state, config, str(tmp_path))
@@ -168,9 +168,9 @@ def test_import_official_resnet50_logits_equal_torch(official_resnet50, tmp_path
 
 
 @pytest.mark.parametrize("change, message", [
-    ("missing", r"missing key backbone\.layer3\.2\.conv2\.weight"),
-    ("extra", r"unexpected key head\.weight"),
-    ("shape", r"fc\.weight has shape \(10, 2048\), expected \(23, 2048\)"),
+    ("missing", r"key 'backbone\.layer3\.2\.conv2\.weight' of the official layout is missing"),
+    ("extra", r"unexpected key 'head\.weight'"),
+    ("shape", r"key 'fc\.weight' has shape \(10, 2048\), the official layout has \(23, 2048\)"),
 ])
 def test_import_official_resnet50_rejects_other_layouts(official_resnet50, change, message):
   state = dict(official_resnet50[2])
