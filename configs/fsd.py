@@ -16,7 +16,8 @@ configs/common.py changes for every method (split, 16-bit decoding, testing the 
 
 `runlocal` and `minibench` shrink the ResNet through config values (model.width 16 / 32,
 model.stage_sizes one block per stage) at 64x64 input and initialise it randomly (ImageNet weights
-do not fit the shrunk network); `minibench` trains with batch 8.
+do not fit the shrunk network); `minibench` trains with batch 8 for 20 epochs (from random
+weights, the recipe's 10 epochs at lr 1e-4 reach 40% there, below 3x chance).
 """
 
 from configs import common
@@ -43,8 +44,11 @@ def get_config(arg: str = "standard"):
     width = 16 if options.get("runlocal") else 32
     config.model.update({"width": width, "stage_sizes": (1, 1, 1, 1), "pretrained": ""})
     if options.get("minibench") and not options.get("runlocal"):
+      # From random weights 10 epochs reach 40% on the mini-bench (2.8x chance, below the 3x the
+      # preset must show); 20 keep the recipe's schedule (halved every 5 epochs) and fit 10 min.
       config.input.batch_size = 8
+      config.num_epochs = 20
     console.say("fsd %s: ResNet shrunk through config.model to width %d, one block per stage, "
                 "at 64x64, randomly initialised%s", "runlocal" if options.get("runlocal")
-                else "minibench", width, "" if options.get("runlocal") else "; batch 8")
+                else "minibench", width, "" if options.get("runlocal") else "; batch 8, 20 epochs")
   return config

@@ -21,6 +21,8 @@ SMALL = {
     "resnet": (dict(stage_sizes=(1, 1, 1, 1), width=8), 32),
     "small_cnn": (dict(), 32),
     "dct_cnn": (dict(), 32),
+    "hifi_net": (dict(stem_width=8, branch_channels=(4, 8, 8, 8), layer1_blocks=1,
+                      branch_blocks=1), 32),
     "defl": (dict(stage_sizes=(1, 1, 1, 1), width=8, clip_dim=8, fingerprint_dim=16,
                   hidden=(8, 8)), 16),
     "xception": (dict(), 64),
@@ -71,7 +73,7 @@ def test_model_contract(name):
     assert logits.shape == (2, 3) and logits.dtype == jnp.float32
     head = getattr(module, "HEAD", None)
     assert head in variables["params"], f"{name}.HEAD={head!r} must name the classifier params"
-  if name not in ("small_cnn", "dct_cnn"):  # networks without public pretrained weights
+  if name not in ("small_cnn", "dct_cnn", "hifi_net"):  # no public pretrained weights
     assert callable(module.load_pretrained)
     # A composite network (Li et al.) loads the checkpoints its parts are registered under.
     assert module.CHECKPOINTS or getattr(module, "PRETRAINED_FROM", ())
