@@ -16,13 +16,17 @@ becomes visible only once complete, so a kill mid-save leaves the previous one i
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policy
+
+from iab_jax import errors
 
 BEST_METRIC = "val_accuracy"
 MODEL_KEYS = ("params", "model_state")  # the train state's keys that go into the "model" item
@@ -91,8 +95,42 @@ class Checkpoints:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return {**restored["model"], **restored["train"]}
 
+  def saved_shapes(self, step: int, item: str = "model") -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Every array of an item saved at `step`: its tree path and shape (read from Orbax's
+    metadata, nothing restored); empty when the metadata cannot be read."""
+    import ast
+
+    path = os.path.join(self.directory, str(step), item, "_METADATA")
+    try:
+      with open(path) as f:
+        tree = json.load(f)["tree_metadata"]
+      # Arrays only: an empty subtree (a model without batch statistics) is saved as a leaf too.
+      return {tuple(ast.literal_eval(k)): tuple(v["value_metadata"].get("write_shape") or ())
+              for k, v in tree.items()
+              if "rray" in str(v["value_metadata"].get("value_type", ""))}
+    except (OSError, KeyError, ValueError, SyntaxError, TypeError):
+      return {}
+
+  def check_fits(self, step: int, target: dict[str, Any]) -> None:
+    """A one-line UserError when the model saved at `step` is not the model `target` describes
+    (a checkpoint of another method, class count or size), before Orbax's long report."""
+    saved = self.saved_shapes(step)
+    if not saved:
+      return
+    wanted = {tuple(str(getattr(k, "key", k)) for k in p): tuple(np.shape(v))
+              for p, v in jax.tree_util.tree_leaves_with_path(target)}
+    for key in sorted(set(saved) | set(wanted)):
+      if saved.get(key) != wanted.get(key):
+        def show(shape):
+          return "absent" if shape is None else str(shape)
+        raise errors.UserError(
+            f"checkpoint step {step} in {self.directory} does not fit the model the config builds "
+            f"(another method, class count or size?): {'/'.join(key)} is "
+            f"{show(saved.get(key))} in the checkpoint and {show(wanted.get(key))} in the model")
+
   def restore_model(self, step: int, target: dict[str, Any]) -> dict[str, Any]:
     """Only the model item (params and model state) saved at `step`, laid out like `target`."""
+    self.check_fits(step, target)
     return dict(self.manager.restore(step, args=ocp.args.Composite(
         model=ocp.args.StandardRestore(_abstract(target))))["model"])
 

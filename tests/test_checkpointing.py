@@ -89,3 +89,28 @@ def test_model_restores_alone_without_the_optimizer(tmp_path):
   full = ckpt.restore(7, state)
   assert int(full["step"]) == 7 and set(full) == set(state)
   ckpt.close()
+
+
+def test_a_checkpoint_of_another_model_is_one_line(tmp_path):
+  """Restoring into a model of another class count (or method, or size) names the first array
+  that differs, instead of Orbax's report."""
+  import pytest
+
+  from iab_jax import errors
+
+  ckpt = checkpointing.Checkpoints(str(tmp_path), asynchronous=False)
+  state = {"params": {"head": {"kernel": jnp.zeros((4, 7))}}, "model_state": {},
+           "step": jnp.int32(1)}
+  ckpt.save(1, state, None, {"epoch": 1})
+  ckpt.wait()
+  fits = {"params": {"head": {"kernel": jnp.zeros((4, 7))}}, "model_state": {}}
+  np.testing.assert_array_equal(ckpt.restore_model(1, fits)["params"]["head"]["kernel"],
+                                np.zeros((4, 7)))
+  other_classes = {"params": {"head": {"kernel": jnp.zeros((4, 23))}}, "model_state": {}}
+  with pytest.raises(errors.UserError, match=r"params/head/kernel is \(4, 7\) in the checkpoint "
+                     r"and \(4, 23\) in the model"):
+    ckpt.restore_model(1, other_classes)
+  other_method = {"params": {"fc": {"kernel": jnp.zeros((4, 7))}}, "model_state": {}}
+  with pytest.raises(errors.UserError, match="params/fc/kernel is absent in the checkpoint"):
+    ckpt.restore_model(1, other_method)
+  ckpt.close()
