@@ -16,7 +16,6 @@ becomes visible only once complete, so a kill mid-save leaves the previous one i
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -96,19 +95,14 @@ class Checkpoints:
     return {**restored["model"], **restored["train"]}
 
   def saved_shapes(self, step: int, item: str = "model") -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Every array of an item saved at `step`: its tree path and shape (read from Orbax's
+    """Every array of an item saved at `step`: its tree path and global shape (Orbax's
     metadata, nothing restored); empty when the metadata cannot be read."""
-    import ast
-
-    path = os.path.join(self.directory, str(step), item, "_METADATA")
     try:
-      with open(path) as f:
-        tree = json.load(f)["tree_metadata"]
-      # Arrays only: an empty subtree (a model without batch statistics) is saved as a leaf too.
-      return {tuple(ast.literal_eval(k)): tuple(v["value_metadata"].get("write_shape") or ())
-              for k, v in tree.items()
-              if "rray" in str(v["value_metadata"].get("value_type", ""))}
-    except (OSError, KeyError, ValueError, SyntaxError, TypeError):
+      metadata = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), item))
+      tree = getattr(metadata, "item_metadata", metadata)
+      return {tuple(str(getattr(k, "key", k)) for k in p): tuple(v.shape)
+              for p, v in jax.tree_util.tree_leaves_with_path(tree) if hasattr(v, "shape")}
+    except Exception:  # noqa: BLE001 - no metadata: Orbax's own restore reports the problem
       return {}
 
   def check_fits(self, step: int, target: dict[str, Any]) -> None:
