@@ -43,3 +43,29 @@ def test_runlocal(method, task, tiny_bench, tmp_path):
     assert np.isfinite(level["accuracy"])
   assert len(saved["classes"]) == 7
   assert results["checkpoint"]["step"] >= 1
+
+
+def test_attribute_computes_the_frozen_features_the_cache_holds(tiny_bench, tmp_path):
+  """`iab_jax.attribute` on arbitrary images computes a frozen backbone's features itself; on
+  the test split's own images its probabilities equal those from the cached features."""
+  import jax
+
+  from iab_jax import evaluators, features, sharding, tasks
+  from iab_jax.attribute import Attributor
+  from iab_jax.data import records
+
+  workdir = str(tmp_path / "run")
+  config, _ = run_method("clip_lr", "standard", tiny_bench, workdir)
+  attributor = Attributor(workdir)
+  data = tasks.load(config.input, tasks.parse_task(config.task))
+  positions = features.spread(data.positions("test"), config.max_eval_examples)[:8]
+  probabilities = attributor.predict([records.decode(data.dataset.raw(int(p)))
+                                      for p in positions])
+  provider = evaluators.provider(attributor.method, data=data, config=config,
+                                 mesh=attributor.mesh)
+  cached = {name: table.lookup(positions) for name, table in
+            provider.tables("test", 0, config.max_eval_examples).items()}
+  expected = jax.jit(attributor.method.predict)(sharding.to_host(attributor.variables),
+                                                {"features": cached})
+  np.testing.assert_allclose(probabilities, np.asarray(expected), rtol=1e-4, atol=1e-5)
+  assert probabilities.shape == (8, 7)
