@@ -242,8 +242,8 @@ def test_full_layout_keys_and_shapes():
 def _official_torch_model(num_classes, seed=0):
   """The official DEFLAttributor's modules (backbones/defl/network.py, classifier.py) at REDUCED
   sizes, with the same registration (hence the same state-dict keys, aliases included)."""
-  torch = pytest.importorskip("torch")
-  open_clip = pytest.importorskip("open_clip")
+  import torch
+  import open_clip
   from torch import nn
   from torchvision.models.resnet import Bottleneck
 
@@ -359,7 +359,7 @@ def _official_torch_model(num_classes, seed=0):
 
 
 def test_import_matches_official_forward(tmp_path):
-  torch = pytest.importorskip("torch")
+  import torch
   num_classes = 5
   net = _official_torch_model(num_classes)
   state = {k: v.detach().float().numpy().copy() for k, v in net.state_dict().items()}
@@ -420,7 +420,7 @@ def test_import_matches_official_forward(tmp_path):
 
 
 def test_load_pretrained_fills_only_the_resnet_stages(tmp_path):
-  torch = pytest.importorskip("torch")
+  import torch
   from safetensors.numpy import save_file
   from torchvision.models.resnet import Bottleneck, ResNet
 

@@ -18,8 +18,8 @@ from iab_jax.methods import classifier, fsd, official
 def torch_net(stage_sizes, fc, seed=0):
   """torchvision's ResNet with these stage sizes and head `fc`, random weights and batch-norm
   statistics away from their (0, 1) start, in eval mode."""
-  torch = pytest.importorskip("torch")
-  torchvision = pytest.importorskip("torchvision")
+  import torch
+  import torchvision
   torch.manual_seed(seed)
   net = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, list(stage_sizes))
   net.fc = fc
@@ -50,7 +50,7 @@ STAGES = (1, 1, 1, 1)  # a one-block-per-stage ResNet: every kind of block, a fr
 
 
 def test_fsd_logits_equal_torch():
-  torch = pytest.importorskip("torch")
+  import torch
   head = torch.nn.Sequential(torch.nn.Linear(2048, 1024), torch.nn.Linear(1024, 5))
   torch, net = torch_net(STAGES, head)
   state = {k: v.numpy().copy() for k, v in net.state_dict().items()}
@@ -98,7 +98,7 @@ def test_fsd_parameter_count_and_recipe():
 def test_fsd_loads_imagenet_weights_into_the_backbone(tmp_path):
   """A torchvision-layout file fills the ResNet; its 1000-way fc does not fit the embedding layer,
   which keeps its initialisation, as timm's num_classes=1024 model does."""
-  torch = pytest.importorskip("torch")
+  import torch
   from safetensors.numpy import save_file
 
   torch, net = torch_net(STAGES, torch.nn.Linear(2048, 1000), seed=1)
@@ -133,7 +133,7 @@ def test_fsd_minibench_config_is_small():
 
 @pytest.fixture(scope="module")
 def official_resnet50():
-  torch = pytest.importorskip("torch")
+  import torch
   _, backbone = torch_net((3, 4, 6, 3), torch.nn.Identity(), seed=2)
 
   class Attributor(torch.nn.Module):  # the official attributor's module names
