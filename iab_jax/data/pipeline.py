@@ -147,11 +147,16 @@ def semantic_ids(dataset: records.Dataset) -> np.ndarray:
 
 
 def family_levels(dataset: records.Dataset) -> np.ndarray:
-  """(records, 4) int32: every record's Table 6 family levels (-1 where unknown)."""
-  column = dataset.column("levels")
-  if len(column) == 0:
-    return np.zeros((0, 4), np.int32)
-  return np.asarray([list(v) for v in column], np.int32).reshape(len(column), 4)
+  """(records, 4) int32: every record's Table 6 family levels (-1 where unknown).
+
+  Built once per dataset (a Python pass over the index) and kept on it: every evaluation level
+  and every epoch's validation builds a pipeline."""
+  cached = getattr(dataset, "_family_levels", None)
+  if cached is None:
+    column = dataset.column("levels")
+    cached = np.asarray([list(v) for v in column], np.int32).reshape(len(column), 4)
+    dataset._family_levels = cached  # pylint: disable=protected-access
+  return cached
 
 
 def make_dataset(

@@ -129,18 +129,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   example = example_image(data, train_transform)
+  ckpt = checkpointing.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS))
+  latest = ckpt.latest_step()
   console.say("initialising the model ...")
   with console.Timer() as t:
     variables = method.init(init_rng, jnp.asarray(example[None]))
-  ckpt = checkpointing.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS))
-  latest = ckpt.latest_step()
+  console.say("model: %s parameters, input %s %s (%.1f s)",
+              f"{_num_parameters(variables['params']):,}", "x".join(map(str, example.shape)),
+              example.dtype, t.seconds)
   if method.needs_prepare and latest is None:  # a resumed run restores what prepare set
     variables = prepare(method, variables, data, train_transform, config, step_limit)
-  with console.Timer() as t2:
-    params, model_state = _split_variables(sharding.replicate(variables, mesh))
-  t.seconds += t2.seconds
-  console.say("model: %s parameters, input %s %s (%.1f s)", f"{_num_parameters(params):,}",
-              "x".join(map(str, example.shape)), example.dtype, t.seconds)
+  params, model_state = _split_variables(sharding.replicate(variables, mesh))
   # Passed to the step as raw key data: a host value every process holds, replicated.
   train_key = sharding.replicate(jax.random.key_data(train_rng), mesh)
   repl = sharding.replicated(mesh)
