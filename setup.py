@@ -23,6 +23,9 @@ setup(
         "matplotlib",  # confusion-matrix plots of the report
         "ml-collections",
         "numpy>=1.26",
+        # DNA-Det's 170 image transformations (JPEG, blurs, resizes) as the official code's
+        # albumentations computes them, with OpenCV.
+        "opencv-python-headless>=4.8",
         "optax",
         "orbax-checkpoint>=0.11",
         "pillow>=11",
@@ -35,7 +38,9 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "scikit-learn"],
+        # albumentations 1.3.1 (the official code's pin) is the reference DNA-Det's
+        # transformations are tested against.
+        "test": ["pytest", "pytest-xdist", "scikit-learn", "albumentations==1.3.1"],
         # Reference PyTorch models for parity tests and benchmarks (a CUDA build of torch that
         # also runs on CPU; the pair that installs together on Python 3.11).
         "reference": ["torch==2.14.1", "torchvision==0.29.1", "timm", "open_clip_torch",

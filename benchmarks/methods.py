@@ -71,7 +71,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A benchmark needs no weights: never try to download one (random init stands in).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ALL_METHODS = ("resnet50", "dct_cnn", "hifi_net", "defl", "fsd", "clip_lr")
+ALL_METHODS = ("resnet50", "dct_cnn", "hifi_net", "defl", "dna_det", "repmix",
+               "patch_forensics", "patchcraft", "ssp", "fsd", "clip_lr")
 NUM_CLASSES = 23  # the official classes
 # Table 6's coarse levels: generated/real, commercial/open-source/real, the architecture group.
 LEVEL_SIZES = (2, 3, 6)
@@ -160,13 +161,27 @@ def set_peak(rows: list[dict[str, Any]], peak: float) -> None:
 # Synthetic inputs.
 
 
-def _image_shape(spec: str) -> tuple[int, int, int]:
+def _image_shape(spec: str) -> Any:
+  """The shape of what the transform makes of one image (a tuple, or a dict of tuples for several
+  views), from a synthetic 256x256 image run through it."""
   from iab_jax.data import transforms
 
-  size = transforms.parse(spec).output_size
-  if size is None:
-    raise ValueError(f"transform {spec!r} has no fixed output size")
-  return (int(size[0]), int(size[1]), 3)
+  made = transforms.parse(spec)(np.full((256, 256, 3), 127, np.uint8), np.random.default_rng(0))
+  if isinstance(made, dict):
+    return {k: tuple(v.shape) for k, v in made.items()}
+  return tuple(made.shape)
+
+
+def _shape_text(shape) -> str:
+  if isinstance(shape, dict):
+    return ", ".join(f"{k} {_shape_text(v)}" for k, v in shape.items())
+  return "x".join(map(str, shape))
+
+
+def _noise(rng: np.random.Generator, lead: tuple[int, ...], shape) -> Any:
+  if isinstance(shape, dict):
+    return {k: _noise(rng, lead, v) for k, v in shape.items()}
+  return rng.standard_normal((*lead, *shape)).astype(np.float32)
 
 
 def _levels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -176,13 +191,18 @@ def _levels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def synthetic_batch(method, frozen, n: int, image_shape, rng: np.random.Generator,
-                    with_images: bool = True) -> dict[str, Any]:
-  """"label", "levels", "image" (unless not with_images), and "features" for each of `frozen`
-  (the method's FrozenFeatures)."""
+                    with_images: bool = True, partners: int = 0) -> dict[str, Any]:
+  """"label", "levels", "image" (unless not with_images), "features" for each of `frozen`
+  (the method's FrozenFeatures), and `partners` partner images, labels and levels."""
   labels = rng.integers(0, method.num_classes, n).astype(np.int32)
   batch: dict[str, Any] = {"label": labels, "levels": _levels(labels, rng)}
   if with_images:
-    batch["image"] = rng.standard_normal((n, *image_shape)).astype(np.float32)
+    batch["image"] = _noise(rng, (n,), image_shape)
+  if partners:
+    partner_labels = rng.integers(0, method.num_classes, (n, partners)).astype(np.int32)
+    batch.update(partner_image=_noise(rng, (n, partners), image_shape),
+                 partner_label=partner_labels,
+                 partner_levels=_levels(partner_labels.reshape(-1), rng).reshape(n, partners, 4))
   if frozen:
     batch["features"] = {f.name: rng.standard_normal((n, f.dim)).astype(np.float32)
                          for f in frozen}
@@ -222,8 +242,9 @@ def _frozen_programs(specs, batch_size: int, args, rng) -> list[dict[str, Any]]:
   return records
 
 
-def _train_program(method, batch_np, args) -> tuple[dict[str, Any], Any]:
-  """The supervised loop's jitted step; returns its record and the trained variables."""
+def _train_program(method, phase, batch_np, args) -> tuple[dict[str, Any], Any]:
+  """The supervised loop's jitted step of `phase`; returns its record and the trained
+  variables."""
   import jax
   import jax.numpy as jnp
 
@@ -231,10 +252,9 @@ def _train_program(method, batch_np, args) -> tuple[dict[str, Any], Any]:
   from iab_jax.trainers import supervised
 
   mesh = sharding.make_mesh()
-  images = jnp.asarray(batch_np["image"][:1])
+  images = jax.tree.map(lambda x: jnp.asarray(x[:1]), batch_np["image"])
   variables = dict(method.init(jax.random.key(0), images, pretrained=False))
   variables = sharding.replicate(variables, mesh)
-  phase = method.phases()[0]
   steps_per_epoch = 100  # only shapes the schedule, which does not change the step's cost
   tx = optimizers.make(phase.optimizer, steps_per_epoch, phase.num_epochs * steps_per_epoch)
   repl = sharding.replicated(mesh)
@@ -264,6 +284,7 @@ def _eval_program(method, variables, batch_np, args) -> dict[str, Any]:
   import jax
 
   batch = jax.device_put({k: v for k, v in batch_np.items() if k in ("image", "features")})
+  # Every prediction rule the method returns is computed, as the evaluator does.
   compiled, compile_s = _compile(jax.jit(method.predict), variables, batch)
   seconds = _median_seconds(lambda: jax.block_until_ready(compiled(variables, batch)),
                             args.warmup, args.steps)
@@ -308,17 +329,21 @@ def bench_method(name: str, args) -> dict[str, Any]:
   method = cls(config, classes=[f"c{i}" for i in range(NUM_CLASSES)])
   batch_size = args.batch or int(config.input.batch_size)
   train_spec, eval_spec = method.transforms()
+  # The last phase is the attribution one (DNA-Det's first is a pretext task of the same cost).
+  phase = method.phases()[-1]
+  train_spec = phase.transform or train_spec
   train_shape, eval_shape = _image_shape(train_spec), _image_shape(eval_spec)
-  row.update(trainer=method.trainer, batch=batch_size, input="x".join(map(str, train_shape)),
-             eval_input="x".join(map(str, eval_shape)), train_transform=train_spec)
+  row.update(trainer=method.trainer, batch=batch_size, input=_shape_text(train_shape),
+             eval_input=_shape_text(eval_shape), train_transform=train_spec)
   rng = np.random.default_rng(0)
 
   specs = method.frozen_features()
   frozen = _frozen_programs(specs, batch_size, args, rng)
   row["frozen"] = frozen
   if method.trainer == "supervised":
-    train_batch = synthetic_batch(method, specs, batch_size, train_shape, rng)
-    row["train"], variables = _train_program(method, train_batch, args)
+    train_batch = synthetic_batch(method, specs, batch_size, train_shape, rng,
+                                  partners=phase.partners)
+    row["train"], variables = _train_program(method, phase, train_batch, args)
     del train_batch
   elif method.trainer == "linear_probe":
     # No SGD step: the training pass is the frozen extraction; the fit is timed separately.

@@ -51,6 +51,15 @@ IMPORTABLE: dict[str, Importable] = {i.method: i for i in (
     Importable("hifi_net", "hifi_net", "iab_jax.methods.hifi_net:import_official",
                "hifi_net_state_dict.txt"),
     Importable("defl", "defl", "iab_jax.methods.defl:import_official", "defl_state_dict.txt"),
+    Importable("dna_det", "dna", "iab_jax.methods.dna_det:import_official",
+               "dna_state_dict.txt"),
+    Importable("repmix", "repmix", "iab_jax.methods.repmix:import_official",
+               "repmix_state_dict.txt"),
+    Importable("patch_forensics", "patch", "iab_jax.methods.patch_forensics:import_official",
+               "patch_state_dict.txt"),
+    Importable("patchcraft", "patchcraft", "iab_jax.methods.patchcraft:import_official",
+               "patchcraft_state_dict.txt"),
+    Importable("ssp", "ssp", "iab_jax.methods.ssp:import_official", "ssp_state_dict.txt"),
 )}
 SPLITS = {"default": "standard", "split1": "semantic1", "split2": "semantic2",
           "split3": "semantic3"}
@@ -163,8 +172,10 @@ def import_run(method: str, src: str, out: str, task: str | None = None,
     _, eval_transform = method_obj.transforms()
     from iab_jax.data import transforms
 
-    size = transforms.parse(eval_transform).output_size or (256, 256)
-    example = jnp.zeros((1, *size, 3), jnp.float32)
+    # What the evaluation transform makes of an image: an array or a dict of views.
+    made = transforms.parse(eval_transform)(np.full((256, 256, 3), 127, np.uint8),
+                                            np.random.default_rng(0))
+    example = jax.tree.map(lambda x: jnp.zeros((1, *x.shape), jnp.float32), made)
     expected = jax.eval_shape(lambda: method_obj.init(jax.random.key(0), example,
                                                       pretrained=False))
     _same_structure(expected, imported.variables, entry.method)
@@ -200,12 +211,12 @@ def _same_structure(expected, variables, method: str) -> None:
 
 
 def list_text() -> str:
-  lines = ["method      official  expected files                                   layout keys"]
+  lines = ["method           official    expected files                                       layout keys"]
   for e in IMPORTABLE.values():
     files = ", ".join(f"{e.official}_{s}.pth" for s in SPLITS)
-    lines.append(f"{e.method:<11} {e.official:<9} {files:<48} {len(layout(e))}")
+    lines.append(f"{e.method:<16} {e.official:<11} {files:<52} {len(layout(e))}")
     if e.note:
-      lines.append(f"{'':<11} note: {e.note}")
+      lines.append(f"{'':<16} note: {e.note}")
   lines.append("From the authors' release (Harvard Dataverse doi:10.7910/DVN/7IEAXP, GitHub release "
                "tag 1 of mttry/ImageAttributionBench): training/ckpt/<official>/<file>.")
   return "\n".join(lines)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -142,9 +143,11 @@ class Attributor:
     example = self._prepare(np.full((256, 256, 3), 127, np.uint8))["image"]
     repl = sharding.replicated(self.mesh)
     self.variables = ckpt.restore_variables(self.step, lambda: self.method.init(
-        jax.random.key(0), jnp.asarray(example[None]), pretrained=False), repl)
+        jax.random.key(0), jax.tree.map(lambda x: jnp.asarray(x[None]), example),
+        pretrained=False), repl)
     ckpt.close()
-    self._predict = jax.jit(self.method.predict,
+    method = self.method
+    self._predict = jax.jit(lambda v, b: method.headline(method.predict(v, b)),
                             in_shardings=(repl, sharding.batch_sharded(self.mesh)),
                             out_shardings=repl)
 
@@ -156,8 +159,12 @@ class Attributor:
   def _prepare(self, image) -> dict[str, Any]:
     """{"image": the method's input, "frozen": {name: a frozen network's input}}."""
     pixels = load_image(image, self.sixteen_bit)
-    return {"image": self.transform(pixels),
-            "frozen": {name: t(pixels) for name, t in self.frozen_transforms.items()}}
+    # A random evaluation transform (SSP's patch draw) draws from a generator seeded by the
+    # image's pixels: the same image gets the same answer every time.
+    rng = np.random.default_rng([int(self.config.get("seed", 0)), *np.frombuffer(
+        hashlib.sha256(np.asarray(pixels).tobytes()).digest()[:8], np.uint32).tolist()])
+    return {"image": self.transform(pixels, rng),
+            "frozen": {name: t(pixels, rng) for name, t in self.frozen_transforms.items()}}
 
   def predict(self, images: Iterable[Any]) -> np.ndarray:
     """(N, classes) probabilities of images given as paths, bytes, PIL images or uint8 arrays.
@@ -180,6 +187,7 @@ class Attributor:
     import jax
 
     from iab_jax import sharding
+    from iab_jax.data import pipeline
 
     out = np.zeros((len(prepared), len(self.classes)), np.float32)
     by_shape: dict[tuple, list[int]] = {}
@@ -188,8 +196,9 @@ class Attributor:
       by_shape.setdefault(shapes, []).append(i)
 
     def stacked(arrays, pad):
-      batch = np.stack(arrays)
-      return np.concatenate([batch, np.repeat(batch[:1], pad, axis=0)]) if pad else batch
+      batch = pipeline.stack_tree(arrays)
+      return jax.tree.map(
+          lambda b: np.concatenate([b, np.repeat(b[:1], pad, axis=0)]) if pad else b, batch)
 
     for indices in by_shape.values():
       for start in range(0, len(indices), self.batch_size):

@@ -21,9 +21,12 @@ One function, `make_dataset`, serves training and evaluation on one host or many
     (central_crop(256), resize(256, 256), ...) on images of mixed sizes fails with one line naming
     the transform and the two shapes, not deep inside NumPy.
 
-Elements are dicts of numpy arrays: image (HWC, uint8 or float32 after normalize), label (int32,
--1 for classes outside the manifest's label map), semantic (int32 index into SEMANTIC_ORDER, -1 if
-unknown), position (int64 record position), mask (bool, False for padding).
+Elements are dicts of numpy arrays: image (HWC, uint8 or float32 after normalize; a stack of
+views or a dict of arrays when the transform makes several views), label (int32, -1 for classes
+outside the manifest's label map), semantic (int32 index into SEMANTIC_ORDER, -1 if unknown),
+levels (int32 (4,) Table 6 family levels), position (int64 record position), mask (bool, False for
+padding), what the transform's ops emit (e.g. transform_id), and with partners partner_image,
+partner_label, partner_levels.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ PREFETCH_BATCHES = 2
 WORKER_BUFFER_BATCHES = 1
 
 
+SAMPLERS = ("shuffle", "balanced")
+
+
 class InputError(errors.UserError):
   """The data cannot go through the configured transform (a user error, not a bug)."""
 
@@ -93,7 +99,17 @@ def buffered_batches(read_threads: int = READ_THREADS, prefetch_batches: int = P
 
 @dataclasses.dataclass
 class Prepare:
-  """Decodes one record and applies the transform; picklable for grain worker processes."""
+  """Decodes one record and applies the transform; picklable for grain worker processes.
+
+  Training draws its randomness from grain's per-element generator (seeded by the run's seed and
+  the element's place in the stream, so a resumed run draws the same). Evaluation draws from a
+  generator seeded by (seed, record position): a random evaluation transform (SSP's patch, a
+  test-time crop) gives each image the same draw in every run, whatever else is scored with it.
+
+  partners: each example also gets this many records drawn uniformly from `partner_pool` (the
+  training split's positions), through the same transform: "partner_image" (P, ...),
+  "partner_label" (P,), "partner_levels" (P, 4).
+  """
 
   transform: transforms.Transform
   labels: np.ndarray  # label of every dataset record under the run's label map
@@ -101,25 +117,69 @@ class Prepare:
   from_cache: bool
   sixteen_bit: str = "scale"  # 16-bit images: "scale" to 8 bits, or "clip" as the official code
   levels: np.ndarray | None = None  # (records, 4) Table 6 family levels, -1 where unknown
+  seed: int = 0
+  partners: int = 0
+  partner_pool: np.ndarray | None = None
+  shard_paths: Sequence[str] = ()  # where partners are read from (the records or the cache)
+
+  def __post_init__(self):
+    self._source = None
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_source"] = None
+    return state
+
+  def _decode(self, raw):
+    if self.from_cache:
+      return cache_lib.decode(raw)
+    return records.decode(raw, sixteen_bit=self.sixteen_bit)
+
+  def _levels(self, position):
+    return (self.levels[position] if self.levels is not None else np.full(4, -1, np.int32))
+
+  def _partners(self, rng: np.random.Generator) -> dict[str, Any]:
+    if self._source is None:
+      self._source = grain.sources.ArrayRecordDataSource(list(self.shard_paths))
+    chosen = rng.choice(self.partner_pool, size=self.partners)
+    views = [self.transform(self._decode(self._source[int(p)]), rng) for p in chosen]
+    return {"partner_image": stack_tree(views),
+            "partner_label": self.labels[chosen].astype(np.int32),
+            "partner_levels": np.stack([self._levels(int(p)) for p in chosen])}
 
   def __call__(self, element, rng: np.random.Generator | None = None):
-    if self.from_cache:
-      image = cache_lib.decode(element["raw"])
-    else:
-      image = records.decode(element["raw"], sixteen_bit=self.sixteen_bit)
     position = element["position"]
-    return {
-        "image": self.transform(image, rng),
+    if rng is None and self.transform.is_random:
+      rng = np.random.default_rng([self.seed, int(position)])
+    image, emitted = self.transform.apply(self._decode(element["raw"]), rng)
+    example = {
+        "image": image,
         "label": np.int32(self.labels[position]),
         "semantic": np.int32(self.semantics[position]),
-        "levels": (self.levels[position] if self.levels is not None
-                   else np.full(4, -1, np.int32)),
+        "levels": self._levels(position),
         "position": np.int64(position),
         "mask": np.bool_(element["mask"]),
+        **{k: np.asarray(v) for k, v in emitted.items()},
     }
+    if self.partners:
+      example.update(self._partners(rng))
+    return example
 
   def random_map(self, element, rng):
     return self(element, rng)
+
+
+def stack_tree(items: Sequence[Any]) -> Any:
+  """Stacks arrays, or dicts of arrays leaf by leaf, along a new first axis."""
+  if isinstance(items[0], dict):
+    return {k: stack_tree([item[k] for item in items]) for k in items[0]}
+  return np.stack(items)
+
+
+def _shapes(value) -> Any:
+  if isinstance(value, dict):
+    return {k: _shapes(v) for k, v in value.items()}
+  return (value.shape, value.dtype.name)
 
 
 @dataclasses.dataclass
@@ -128,17 +188,48 @@ class Stack:
 
   transform_spec: str
 
-  def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    first = examples[0]["image"]
+  def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    first = _shapes(examples[0]["image"])
     for example in examples[1:]:
-      image = example["image"]
-      if image.shape != first.shape or image.dtype != first.dtype:
+      shapes = _shapes(example["image"])
+      if shapes != first:
         raise InputError(
             f"transform {self.transform_spec!r} yields images of different shapes: "
-            f"{first.shape} {first.dtype} (record {int(examples[0]['position'])}) and "
-            f"{image.shape} {image.dtype} (record {int(example['position'])}); end it with a "
-            "fixed-size op such as central_crop(256) or resize(256, 256)")
-    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+            f"{first} (record {int(examples[0]['position'])}) and {shapes} (record "
+            f"{int(example['position'])}); end it with a fixed-size op such as "
+            "central_crop(256) or resize(256, 256)")
+    return {key: stack_tree([e[key] for e in examples]) for key in examples[0]}
+
+
+def balanced_order(labels: np.ndarray, num_epochs: int, seed: int) -> np.ndarray:
+  """Indices into `labels` for `num_epochs` epochs of class-balanced batches.
+
+  Each epoch has len(labels) elements. It is made of rounds: a round takes the next element of
+  every class, the classes in a fresh random order, from per-class queues that are shuffled and
+  refilled (reshuffled) whenever they run out. So any window of the stream as long as the number of
+  classes holds each class about once, and batches hold the classes in near-equal numbers however
+  unequal the classes are (a small class's images recur within an epoch; a large class's do not
+  all appear in it).
+  """
+  labels = np.asarray(labels)
+  classes = np.unique(labels)
+  members = [np.flatnonzero(labels == c) for c in classes]
+  rng = np.random.default_rng([int(seed), 7919])
+  queues = [rng.permutation(m) for m in members]
+  cursors = [0] * len(classes)
+  n = len(labels)
+  out = np.empty(n * num_epochs, np.int64)
+  filled = 0
+  while filled < len(out):
+    for c in rng.permutation(len(classes)):
+      if filled == len(out):
+        break
+      if cursors[c] == len(queues[c]):
+        queues[c], cursors[c] = rng.permutation(members[c]), 0
+      out[filled] = queues[c][cursors[c]]
+      cursors[c] += 1
+      filled += 1
+  return out
 
 
 def semantic_ids(dataset: records.Dataset) -> np.ndarray:
@@ -178,6 +269,9 @@ def make_dataset(
     prefetch_batches: int = PREFETCH_BATCHES,
     worker_buffer_batches: int = WORKER_BUFFER_BATCHES,
     sixteen_bit: str = "scale",
+    sampler: str = "shuffle",
+    partners: int = 0,
+    partner_pool: Sequence[int] | None = None,
 ) -> grain.IterDataset:
   """Batches of one split. `batch_size` is global: each process yields batch_size/process_count.
 
@@ -186,7 +280,16 @@ def make_dataset(
   `worker_count` grain processes decode (0: threads of this process); `read_threads`,
   `prefetch_batches` and `worker_buffer_batches` bound the read-ahead (see `buffered_batches`).
   `sixteen_bit`: how 16-bit images become 8-bit, "scale" (ours) or "clip" (the official loader).
+  Training only: `sampler` "shuffle" (a new order each epoch) or "balanced" (class-balanced
+  batches, see balanced_order; needs num_epochs); `partners` other records per example, drawn
+  uniformly from `partner_pool` (default: `positions`), see Prepare.
   """
+  if sampler not in SAMPLERS:
+    raise ValueError(f"sampler={sampler!r}; expected one of {', '.join(SAMPLERS)}")
+  if (sampler != "shuffle" or partners) and not train:
+    raise ValueError("samplers and partners are for training pipelines")
+  if sampler == "balanced" and num_epochs is None:
+    raise ValueError("the balanced sampler needs a number of epochs")
   for name, value, least in (("read_threads", read_threads, 1),
                              ("prefetch_batches", prefetch_batches, 1),
                              ("worker_buffer_batches", worker_buffer_batches, 1),
@@ -210,24 +313,33 @@ def make_dataset(
   cached = cache_lib.find(dataset, spec, cache)
   if cached is not None:
     shard_paths, rest = cached.shard_paths, cached.remaining(spec)
-  prepare = Prepare(transforms.parse(rest), labels, semantic_ids(dataset), cached is not None,
-                    sixteen_bit, family_levels(dataset))
-
   positions = np.asarray(positions, np.int64)
   if len(positions) == 0:
     raise ValueError("the split is empty")
+  prepare = Prepare(transforms.parse(rest), labels, semantic_ids(dataset), cached is not None,
+                    sixteen_bit, family_levels(dataset), seed=seed, partners=int(partners),
+                    partner_pool=np.asarray(positions if partner_pool is None else partner_pool,
+                                            np.int64),
+                    shard_paths=tuple(shard_paths))
   mask = np.ones(len(positions), bool)
   if not train:
     pad = -len(positions) % batch_size
     positions = np.concatenate([positions, np.repeat(positions[:1], pad)])
     mask = np.concatenate([mask, np.zeros(pad, bool)])
-  ds = grain.MapDataset.source(RecordsSource(shard_paths, positions, mask))
-  ds = ds.seed(seed)
-  if train:
-    ds = ds.shuffle()
-  ds = ds.repeat(num_epochs)
+  if sampler == "balanced":
+    order = balanced_order(labels[positions], num_epochs, seed)
+    ds = grain.MapDataset.source(RecordsSource(shard_paths, positions[order], mask[order]))
+    ds = ds.seed(seed)
+  else:
+    ds = grain.MapDataset.source(RecordsSource(shard_paths, positions, mask))
+    ds = ds.seed(seed)
+    if train:
+      ds = ds.shuffle()
+    ds = ds.repeat(num_epochs)
   ds = ds[process_index::process_count]
-  ds = ds.random_map(prepare) if prepare.transform.is_random else ds.map(prepare)
+  # Training draws from grain's per-element generators; evaluation seeds its own per record.
+  random = train and (prepare.transform.is_random or prepare.partners)
+  ds = ds.random_map(prepare) if random else ds.map(prepare)
   # Batching before the iterator keeps each batch one element, the same with or without workers;
   # the read-ahead below is therefore counted in batches.
   ds = ds.batch(local_batch, drop_remainder=train, batch_fn=Stack(transforms.parse(spec).spec))

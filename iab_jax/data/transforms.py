@@ -40,28 +40,37 @@ SizeRule = str | Callable[[tuple, dict], Size]
 @dataclasses.dataclass(frozen=True)
 class _OpInfo:
   factory: Callable[..., Callable]
-  random: bool  # draws from the rng
+  random: bool | Callable[[tuple, dict], bool]  # draws from the rng (a rule: for these args)
   degradation: bool  # changes image content the way a test-time degradation does
-  to_array: bool  # returns the final array, so must come last
+  to_array: bool  # returns an array (or a dict of arrays): only array_in ops may follow it
   size: SizeRule  # what the op does to the image size (see SizeRule)
+  array_in: bool = False  # also accepts the array an earlier to_array op returned
+  emits: tuple[str, ...] = ()  # per-example values it returns beside the image (see register)
 
 
 _REGISTRY: dict[str, _OpInfo] = {}
 
 
-def register(name: str, *, size: SizeRule, random: bool = False, degradation: bool = False,
-             to_array: bool = False):
+def register(name: str, *, size: SizeRule, random: bool | Callable[[tuple, dict], bool] = False,
+             degradation: bool = False,
+             to_array: bool = False, array_in: bool = False, emits: Sequence[str] = ()):
   """Decorator registering an op factory under `name`.
 
   The factory's signature is the op's signature in spec strings; it must return a picklable
   callable `(img, rng) -> img` (a module-level function bound with functools.partial), since grain
   pickles transforms into its worker processes. `size` states what the op does to the image
   size, so that a config can be checked to give one shape for images of any size.
+
+  img is an RGB PIL image, or for an `array_in` op also the array (uint8 or float32, (..., H, W,
+  3)) or dict of arrays an earlier `to_array` op returned. An op that `emits` names returns
+  `(img, {name: value})`: per-example values drawn with the image (DNA-Det's transformation id,
+  the label of its pretext task), which the input pipeline puts into the example beside it.
   """
   def wrap(factory):
     if name in _REGISTRY:
       raise ValueError(f"transform op {name!r} is already registered")
-    _REGISTRY[name] = _OpInfo(factory, random, degradation, to_array, size)
+    _REGISTRY[name] = _OpInfo(factory, random, degradation, to_array, size, array_in,
+                              tuple(emits))
     return factory
   return wrap
 
@@ -101,6 +110,9 @@ def _canonical(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Op:
   keyword = {p.name: bound.arguments[p.name] for p in signature.parameters.values()
              if p.kind == p.KEYWORD_ONLY and p.name in bound.arguments
              and bound.arguments[p.name] != p.default}
+  for p in signature.parameters.values():  # fork(**named): the names in sorted order
+    if p.kind == p.VAR_KEYWORD:
+      keyword.update(sorted(bound.arguments.get(p.name, {}).items()))
   return name, positional, keyword
 
 
@@ -160,6 +172,11 @@ def _parse_ops(spec: str) -> list[Op]:
   return ops
 
 
+def _is_random(op: Op) -> bool:
+  rule = _REGISTRY[op[0]].random
+  return bool(rule(op[1], op[2]) if callable(rule) else rule)
+
+
 def _is_noop(op: Op) -> bool:
   # degrade(0) lets a level sweep write "degrade({level})|..." without losing the cache at level 0.
   return op[0] == "degrade" and op[1] == (0,)
@@ -178,10 +195,13 @@ class Transform:
 
   def __init__(self, ops: Sequence[Op]):
     self.ops = [_canonical(name, tuple(args), dict(kwargs)) for name, args, kwargs in ops]
-    for i, (name, _, _) in enumerate(self.ops):
-      if _REGISTRY[name].to_array and i != len(self.ops) - 1:
-        raise ValueError(f"transform op {name!r} returns the final array and must come last, "
-                         f"in {self.spec!r}")
+    array = None  # the op that turned the image into an array, once one has
+    for name, _, _ in self.ops:
+      if array is not None and not _REGISTRY[name].array_in:
+        raise ValueError(f"transform op {name!r} takes an image, but {array!r} before it "
+                         f"returns an array, in {self.spec!r}")
+      if _REGISTRY[name].to_array:
+        array = name
     self._fns = []
     for op in self.ops:
       name, args, kwargs = op
@@ -197,7 +217,7 @@ class Transform:
 
   @property
   def is_random(self) -> bool:
-    return any(_REGISTRY[name].random for name, _, _ in self.ops)
+    return any(_is_random(op) for op in self.ops)
 
   @property
   def has_degradation(self) -> bool:
@@ -216,10 +236,20 @@ class Transform:
   @property
   def is_float(self) -> bool:
     """True if the output is float32 (the last op normalizes), False for uint8."""
-    return bool(self.ops) and _REGISTRY[self.ops[-1][0]].to_array
+    return bool(self.ops) and self.ops[-1][0] in ("normalize", "dct")
 
-  def __call__(self, img, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Applies the ops to an RGB PIL image or HxWx3 uint8 array; returns an HWC array."""
+  @property
+  def emits(self) -> tuple[str, ...]:
+    """The per-example values (besides the image) its ops draw, e.g. ("transform_id",)."""
+    return tuple(n for name, _, _ in self.ops for n in _REGISTRY[name].emits)
+
+  def __call__(self, img, rng: np.random.Generator | None = None):
+    """Applies the ops to an RGB PIL image or HxWx3 uint8 array; returns an HWC array (or what
+    the last op returns: a stack of views, a dict of arrays)."""
+    return self.apply(img, rng)[0]
+
+  def apply(self, img, rng: np.random.Generator | None = None):
+    """(the transformed image, {name: value} of what the ops emit)."""
     if isinstance(img, np.ndarray):
       if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 array, got {img.dtype} {img.shape}")
@@ -231,11 +261,15 @@ class Transform:
     if rng is None and self.is_random:
       # A silent fresh seed would make evaluation and resumed training irreproducible.
       raise ValueError(f"transform {self.spec!r} has random ops; pass an np.random.Generator")
-    for fn in self._fns:
+    emitted = {}
+    for fn, (name, _, _) in zip(self._fns, self.ops):
       img = fn(img, rng)
+      if _REGISTRY[name].emits:
+        img, values = img
+        emitted.update(values)
     if isinstance(img, Image.Image):
-      return np.array(img, dtype=np.uint8)
-    return img
+      img = np.array(img, dtype=np.uint8)
+    return img, emitted
 
   def __repr__(self) -> str:
     return f"Transform({self.spec!r})"
@@ -456,6 +490,8 @@ NORMALIZATIONS = {
 
 def _normalize(img, rng, *, mean, std):
   del rng
+  if isinstance(img, np.ndarray) and img.dtype != np.uint8:
+    raise ValueError(f"normalize expects uint8 pixels, got a {img.dtype} array")
   # float32 throughout, as torchvision's ToTensor + Normalize compute it.
   x = np.asarray(img, dtype=np.float32) / np.float32(255)
   return (x - mean) / std
@@ -471,9 +507,10 @@ def _channel_triple(value, what: str) -> np.ndarray:
   return array
 
 
-@register("normalize", size="keep", to_array=True)
+@register("normalize", size="keep", to_array=True, array_in=True)
 def normalize(kind=None, *, mean=None, std=None):
-  """normalize('imagenet'|'clip'|'half'|'unit') or normalize(mean=(..), std=(..)) in 0-1 units."""
+  """normalize('imagenet'|'clip'|'half'|'unit') or normalize(mean=(..), std=(..)) in 0-1 units;
+  of an image, or of the uint8 (..., H, W, 3) array an op like random_crops returned."""
   if kind is not None:
     if mean is not None or std is not None:
       raise ValueError("give either a normalization kind or mean and std, not both")
@@ -509,3 +546,61 @@ def dct(log=True):
   if not isinstance(log, bool):
     raise ValueError(f"dct log must be True or False, got {log!r}")
   return functools.partial(_dct, log=log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-view ops: several views of one image in one example, of a fixed shape.
+
+
+def _random_crops(img, rng, *, n, height, width):
+  return np.stack([np.asarray(_random_crop(img, rng, height=height, width=width), np.uint8)
+                   for _ in range(n)])
+
+
+@register("random_crops", size=lambda args, kwargs: _crop_size(args[1:], kwargs), random=True,
+          to_array=True)
+def random_crops(n, size, width=None):
+  """random_crops(n, s) or random_crops(n, h, w): n independent random_crop views of the image,
+  a uint8 (n, h, w, 3) array (DNA-Det's 16 crops of 64x64 per training image)."""
+  n = _check_size(n, "number of crops")
+  height, width = _height_width(size, width)
+  return functools.partial(_random_crops, n=n, height=height, width=width)
+
+
+def _fork(img, rng, *, branches):
+  return {name: branch(img, rng) for name, branch in branches}
+
+
+def _fork_branches(kwargs) -> list[tuple[str, Transform]]:
+  return [(name, parse(spec)) for name, spec in kwargs.items()]
+
+
+def _fork_size(args, kwargs) -> Size:
+  del args
+  sizes = {t.output_size for _, t in _fork_branches(kwargs)}
+  return sizes.pop() if len(sizes) == 1 else None
+
+
+@register("fork", size=_fork_size, to_array=True,
+          random=lambda args, kwargs: any(t.is_random for _, t in _fork_branches(kwargs)))
+def fork(**branches):
+  """fork(name=spec, ...): a dict {name: the spec applied to the image}, several views of one
+  image in one example (PatchCraft's rich and poor textures). Comes last; a branch's spec must
+  not emit values."""
+  if not branches:
+    raise ValueError("fork needs at least one name=spec branch")
+  parsed = []
+  for name, spec in branches.items():
+    if not isinstance(spec, str):
+      raise ValueError(f"fork branch {name!r} must be a transform spec string, got {spec!r}")
+    branch = parse(spec)
+    if branch.emits:
+      raise ValueError(f"fork branch {name!r} emits {', '.join(branch.emits)}; an op that emits "
+                       "must come before the fork")
+    parsed.append((name, branch))
+  return functools.partial(_fork, branches=tuple(parsed))
+
+
+# Methods' own ops register themselves in these modules; imported here so that any config's spec
+# can name them.
+from iab_jax.data import patches, transformations  # noqa: E402,F401  pylint: disable=wrong-import-position

@@ -32,7 +32,16 @@ _INPUTS = ("image", "levels", "features")  # what predict may read
 
 def _predict_step(method, variables, batch):
   scores = method.predict(variables, {k: batch[k] for k in _INPUTS if k in batch})
-  return {"scores": scores, **{k: batch[k] for k in _PASSED}}
+  out = {k: batch[k] for k in _PASSED}
+  if isinstance(scores, dict):  # several prediction rules: "scores/<rule>"
+    out.update({f"{_RULE}{rule}": v for rule, v in scores.items()})
+  else:
+    out["scores"] = scores
+  return out
+
+
+_RULE = "scores/"
+_RULE_METRICS = ("accuracy", "auc_macro", "ap_macro")
 
 
 class Evaluator:
@@ -117,8 +126,19 @@ class Evaluator:
       p = self.predictions(variables, level)
       known = p["label"] >= 0  # records whose generator is outside the label map are not scored
       semantic_names = np.array([*generators.SEMANTIC_ORDER, "unknown"])[p["semantic"][known]]
+      rules = {k[len(_RULE):]: v for k, v in p.items() if k.startswith(_RULE)}
+      if rules:
+        p["scores"] = self.method.headline(rules)
       m = metrics.classification_metrics(p["scores"][known], p["label"][known],
                                          classes=self.method.classes, semantics=semantic_names)
+      if rules:
+        # Every rule's headline metrics; the top level holds the method's prediction_rule.
+        m["prediction_rule"] = self.method.prediction_rule
+        m["rules"] = {}
+        for rule, scores in rules.items():
+          r = metrics.classification_metrics(scores[known], p["label"][known],
+                                              classes=self.method.classes)
+          m["rules"][rule] = {k: r[k] for k in _RULE_METRICS}
       if self.groups is not None:
         correct = np.argmax(p["scores"][known], axis=1) == p["label"][known]
         acc, count = metrics.grouped_accuracy(correct, self.groups[p["position"][known]])
@@ -126,9 +146,10 @@ class Evaluator:
       results["levels"][str(level)] = {"level": level,
                                        "level_name": degradations.LEVEL_NAMES[level], **m}
       if not quiet:
-        console.say("%s/%s level %d (%s): accuracy %.4f on %d images in %.1f s", self.name,
+        console.say("%s/%s level %d (%s): accuracy %.4f%s on %d images in %.1f s", self.name,
                     self.split, level, degradations.LEVEL_NAMES[level], m["accuracy"],
-                    m["num_examples"], time.perf_counter() - start)
+                    "".join(f", {rule} {r['accuracy']:.4f}" for rule, r in m["rules"].items())
+                    if rules else "", m["num_examples"], time.perf_counter() - start)
     degraded = [results["levels"].get(str(k), {}).get("accuracy")
                 for k in range(1, degradations.NUM_LEVELS)]
     results["mean_degraded_accuracy"] = (None if any(a is None for a in degraded)

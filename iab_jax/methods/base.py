@@ -21,18 +21,47 @@ Variables = dict[str, Any]
 Batch = Mapping[str, jax.Array]
 
 
+SAMPLERS = ("shuffle", "balanced")
+
+
 @dataclasses.dataclass(frozen=True)
 class Phase:
-  """One stage of a method's recipe: its length, optimizer, and what it selects.
+  """One stage of a method's recipe: its length, optimizer, inputs, and what it selects.
+
+  Each phase starts a fresh optimizer state; the variables carry over from the phase before.
 
   select_best: its epochs' validation accuracy competes for the best checkpoint, the one that
-  is tested. A pre-training phase on another task (DNA-Det's transformation classes) sets False.
+    is tested. A pre-training phase on another task (DNA-Det's transformation classes) sets False.
+  validate: run validation (method.predict on the val split) after each epoch; a pretext phase
+    whose predictions are not yet attributions sets False.
+  transform: this phase's training transform spec (None: the method's training transform).
+  label: the batch key whose values are this phase's targets: the loop sets batch["label"] to it.
+    "label" is the run's class; an op of the transform may emit another, e.g. "transform_id".
+  sampler: "shuffle" (a new order each epoch) or "balanced" (class-balanced batches:
+    iab_jax.data.pipeline.balanced_order).
+  partners: each training example comes with this many other examples drawn uniformly from the
+    training split, through the same transform: batch["partner_image"] (N, P, ...),
+    batch["partner_label"] (N, P), batch["partner_levels"] (N, P, 4) (RepMix's mixing partner).
   """
 
   name: str
   num_epochs: int
   optimizer: Mapping[str, Any]
   select_best: bool = True
+  validate: bool = True
+  transform: str | None = None
+  label: str = "label"
+  sampler: str = "shuffle"
+  partners: int = 0
+
+  def __post_init__(self):
+    if self.sampler not in SAMPLERS:
+      raise ValueError(f"phase {self.name!r}: sampler={self.sampler!r}; expected one of "
+                       f"{', '.join(SAMPLERS)}")
+    if self.partners < 0:
+      raise ValueError(f"phase {self.name!r}: partners={self.partners}; expected >= 0")
+    if self.select_best and not self.validate:
+      raise ValueError(f"phase {self.name!r}: select_best needs validate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +114,10 @@ class Method:
   # Whether loss/predict read batch["image"]. A method that reads only cached features
   # (frozen_features) sets False, and its evaluation reads no pixels once they are cached.
   uses_images: bool = True
+  # When predict returns several scores by name (a patch map's averaged softmax and its vote),
+  # the one the headline accuracy, the tables and iab_jax.attribute use; the evaluator reports
+  # every rule's metrics beside it.
+  prediction_rule: str | None = None
 
   def __init__(self, config: ml_collections.ConfigDict, classes: Sequence[str]):
     self.config = config
@@ -114,8 +147,12 @@ class Method:
     """The frozen networks whose cached outputs the batches carry (none by default)."""
     return []
 
-  def init(self, rng: jax.Array, images: jax.Array, pretrained: bool = True) -> Variables:
+  def init(self, rng: jax.Array, images: Any, pretrained: bool = True) -> Variables:
     """Variables for a model that will see images shaped like `images` (one local batch).
+
+    `images` is what a transform makes of one image, with a batch axis: an array, or a dict of
+    arrays (several views); training passes its first phase's training transform's, evaluation
+    and imports the evaluation transform's, and both must give the same variables.
 
     pretrained: load the pretrained weights the config names; False when a checkpoint will
     replace every variable anyway (evaluation, attribution), which also needs no weights file.
@@ -144,10 +181,23 @@ class Method:
     """
     raise NotImplementedError
 
-  def predict(self, variables: Variables, batch: Batch) -> jax.Array:
+  def predict(self, variables: Variables, batch: Batch) -> jax.Array | dict[str, jax.Array]:
     """Class probabilities (N, num_classes) for evaluation; batch holds "image" (absent when
-    uses_images is False) and "features" {name: (N, dim)} when the method has frozen_features."""
+    uses_images is False) and "features" {name: (N, dim)} when the method has frozen_features.
+
+    A method with several prediction rules returns {rule: (N, num_classes)} scores (each row
+    probability-like, e.g. the fraction of patches voting for each class) and names the headline
+    one in `prediction_rule`."""
     raise NotImplementedError
+
+  def headline(self, scores: Any) -> Any:
+    """The scores of the headline prediction rule, from what predict returned."""
+    if not isinstance(scores, Mapping):
+      return scores
+    if self.prediction_rule not in scores:
+      raise ValueError(f"{self.display_name}: predict returned the rules {sorted(scores)} but "
+                       f"prediction_rule is {self.prediction_rule!r}")
+    return scores[self.prediction_rule]
 
   # The linear_probe trainer (methods fitted on features, not trained by SGD epochs) calls this
   # once with every training example's features and labels, and saves what it returns.

@@ -32,11 +32,23 @@ RESULTS_JSON = runs.RESULTS_JSON
 RESULTS_FORMAT = "iab_jax.results"
 
 
-def example_image(data: tasks.TaskData, transform: str, split: str = "train") -> np.ndarray:
-  """One transformed image of `split`: its shape and dtype are what the model will see."""
+def example_image(data: tasks.TaskData, transform: str, split: str = "train") -> Any:
+  """One transformed image of `split` (an array, or a dict of arrays for several views): its
+  shapes and dtypes are what the model will see."""
   position = int(data.positions(split)[0])
   image = records.decode(data.dataset.raw(position))
   return transforms.parse(transform)(image, np.random.default_rng(0))
+
+
+def describe(images: Any) -> str:
+  """'256x256x3 float32', or 'rich 256x256x3 float32, poor ...' for several views."""
+  if isinstance(images, dict):
+    return ", ".join(f"{k} {describe(v)}" for k, v in images.items())
+  return f"{'x'.join(map(str, images.shape))} {images.dtype}"
+
+
+# Batch keys that only the loop and the metrics read; the rest goes to the method's loss.
+_NOT_FOR_LOSS = ("semantic", "position", "mask")
 
 
 def _split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -113,6 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     steps_per_epoch = step_limit
   phases = method.phases()
   total_steps = sum(p.num_epochs for p in phases) * steps_per_epoch
+  phase_transforms = [p.transform or train_transform for p in phases]
   writer = writers.create(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, runs.CONFIG_JSON), "w") as f:
@@ -128,15 +141,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- variables
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
-  example = example_image(data, train_transform)
+  example = example_image(data, phase_transforms[0])
   ckpt = checkpointing.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS))
   latest = ckpt.latest_step()
   console.say("initialising the model ...")
   with console.Timer() as t:
-    variables = method.init(init_rng, jnp.asarray(example[None]))
-  console.say("model: %s parameters, input %s %s (%.1f s)",
-              f"{_num_parameters(variables['params']):,}", "x".join(map(str, example.shape)),
-              example.dtype, t.seconds)
+    variables = method.init(init_rng, jax.tree.map(lambda x: jnp.asarray(x[None]), example))
+  console.say("model: %s parameters, input %s (%.1f s)",
+              f"{_num_parameters(variables['params']):,}", describe(example), t.seconds)
   if method.needs_prepare and latest is None:  # a resumed run restores what prepare set
     variables = prepare(method, variables, data, train_transform, config, step_limit)
   params, model_state = _split_variables(sharding.replicate(variables, mesh))
@@ -182,8 +194,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       step_fn = make_train_step(method, tx, phase, mesh)
       compiled = None
       train_iter = iter(pipeline.make_dataset(
-          data.dataset, train_positions, data.labels, train_transform, batch_size=batch_size,
-          train=True, seed=config.seed + 1000 * phase_index, num_epochs=phase.num_epochs,
+          data.dataset, train_positions, data.labels, phase_transforms[phase_index],
+          batch_size=batch_size, train=True, seed=config.seed + 1000 * phase_index,
+          num_epochs=phase.num_epochs, sampler=phase.sampler, partners=phase.partners,
           **reading))
       first_epoch, skip_steps = 0, 0
       if phase_index == position["phase"] and latest is not None:
@@ -197,11 +210,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           local = next(train_iter)
           if features:
             local = features.add(local, "train", 0)
-          batch = sharding.global_batch(
-              {k: local[k] for k in ("image", "label", "levels", "features") if k in local}, mesh)
+          local = {k: v for k, v in local.items() if k not in _NOT_FOR_LOSS}
+          if phase.label != "label":
+            if phase.label not in local:
+              raise ValueError(f"phase {phase.name!r} trains on batch[{phase.label!r}], which "
+                               f"its transform {phase_transforms[phase_index]!r} does not emit")
+            local["label"] = local[phase.label]
+          batch = sharding.global_batch(local, mesh)
           if compiled is None:  # ahead of time, so that a long XLA compilation is announced
-            console.say("compiling the %s step (batch %s) ...", phase.name,
-                        "x".join(map(str, batch["image"].shape)))
+            console.say("compiling the %s step (batch of %s) ...", phase.name,
+                        describe(batch["image"]))
             with console.Timer() as t:
               compiled = step_fn.lower(state, batch, train_key).compile()
             console.say("compiled in %.1f s", t.seconds)
@@ -230,10 +248,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         skip_steps = 0
         train_seconds += time.perf_counter() - epoch_start
 
-        val = val_evaluator.run(_variables(state), quiet=True)["levels"]["0"]["accuracy"]
-        console.say("%s epoch %d/%d (step %d): val accuracy %.4f", phase.name, epoch + 1,
-                    phase.num_epochs, step, val)
-        writer.write_scalars(step, {"val/accuracy": val, "train/epoch": float(epoch + 1)})
+        if phase.validate:
+          val = val_evaluator.run(_variables(state), quiet=True)["levels"]["0"]["accuracy"]
+          console.say("%s epoch %d/%d (step %d): val accuracy %.4f", phase.name, epoch + 1,
+                      phase.num_epochs, step, val)
+          writer.write_scalars(step, {"val/accuracy": val, "train/epoch": float(epoch + 1)})
+        else:
+          val = None
+          console.say("%s epoch %d/%d (step %d) done (this phase is not validated)", phase.name,
+                      epoch + 1, phase.num_epochs, step)
+          writer.write_scalars(step, {"train/epoch": float(epoch + 1)})
         ckpt.save(step, state, train_iter,
                   {"phase": phase_index, "epoch": epoch + 1, "step_in_epoch": 0,
                    "val_accuracy": val},

@@ -45,13 +45,16 @@ def _official_dct_checkpoint(path, *, drop=None, add=None, reshape=None):
 def test_list_names_every_importable_method_and_its_files():
   text = import_official.list_text()
   for method, official in (("resnet50", "resnet50"), ("dct_cnn", "dct"), ("clip_lr", "clip_lr"),
-                           ("hifi_net", "hifi_net"), ("defl", "defl")):
+                           ("hifi_net", "hifi_net"), ("defl", "defl"), ("dna_det", "dna"),
+                           ("repmix", "repmix"), ("patch_forensics", "patch"),
+                           ("patchcraft", "patchcraft"), ("ssp", "ssp")):
     assert method in text and f"{official}_default.pth" in text and f"{official}_split3.pth" in text
   assert "no fitted scaler" in text
   # Every layout file parses, with the key counts METHODS.md §5 gives.
   counts = {m: len(import_official.layout(e)) for m, e in import_official.IMPORTABLE.items()}
   assert counts == {"resnet50": 320, "dct_cnn": 10, "clip_lr": 910, "hifi_net": 765,
-                    "defl": 2070}
+                    "defl": 2070, "dna_det": 63, "repmix": 325, "patch_forensics": 54,
+                    "patchcraft": 86, "ssp": 321}
 
 
 def test_task_from_the_file_name():

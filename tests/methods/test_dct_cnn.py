@@ -50,7 +50,7 @@ def test_dct_op_against_definition_and_scipy():
   assert spec.output_size == (16, 16)
   with pytest.raises(ValueError, match="dct log"):
     transforms.parse("dct(log='yes')")
-  with pytest.raises(ValueError, match="must come last"):
+  with pytest.raises(ValueError, match="takes an image, but .dct. before it returns an array"):
     transforms.parse("dct|flip_lr")
 
 
