@@ -17,11 +17,17 @@ For each method (configs/<method>.py at the task "standard"), on this machine's 
           flops; N = 2048 on a CPU, 8192 on an accelerator) at JAX's default precision, the same
           precision the models run at; its fastest run, measured before and after the methods,
           the faster of the two kept (other work on a shared machine only slows it).
-  torch   FSD only: the same architecture in PyTorch (torchvision's ResNet-50 with fc =
-          Sequential(Linear(2048, 1024), Linear(1024, 23)); at --size small the same shrunk
-          ResNet), channels-last, torch.optim.Adam (forward + backward + step) and an eval-mode,
-          no_grad forward, same batch and input size, on CUDA when torch sees a GPU; the ratio
-          ours / torch for each.
+  torch   FSD, PatchForensics and PatchCraft (TORCH_REFERENCES): the same network written the
+          obvious PyTorch way, at the same size as ours for the chosen --size, channels-last,
+          on CUDA when torch sees a GPU, same batch and input sizes. FSD: torchvision's ResNet-50
+          with fc = Sequential(Linear(2048, 1024), Linear(1024, 23)) (at --size small the same
+          shrunk ResNet), image cross-entropy. PatchForensics: Xception's stem and blocks 1-2
+          (grouped-conv separable convs, max pools) and a 1x1 conv to the classes, cross-entropy
+          on every patch; eval averages the patch softmax. PatchCraft: the fixed 30-filter
+          high-pass bank as one 5x5 conv, group means, median binarisation, the shared conv +
+          BN + Hardtanh on the rich and poor mosaics, rich - poor, the classifier; cross-entropy.
+          Train is torch.optim.Adam (forward + backward + step) in train mode, eval an eval-mode,
+          no_grad forward (and its prediction); the ratio ours / torch for each.
 
 Sizes: --size full (default) is the paper's: each config's "standard" recipe, e.g. 256x256 inputs
 and a full ResNet-50, at the config's batch size; --size small is "standard,runlocal", the
@@ -361,15 +367,15 @@ def bench_method(name: str, args) -> dict[str, Any]:
   if frozen:
     per_image = 1.0 / row["eval"]["images_per_s"] + sum(1.0 / f["images_per_s"] for f in frozen)
     row["eval_uncached_images_per_s"] = 1.0 / per_image
-  if name == "fsd":
-    row["torch"] = torch_fsd(config, batch_size, train_shape, args)
+  if name in TORCH_REFERENCES:
+    row["torch"] = bench_torch(name, config, batch_size, train_shape, eval_shape, args)
     row["torch"]["ratio_train"] = row["train"]["images_per_s"] / row["torch"]["train_images_per_s"]
     row["torch"]["ratio_eval"] = row["eval"]["images_per_s"] / row["torch"]["eval_images_per_s"]
   return row
 
 
 # ---------------------------------------------------------------------------------------------
-# PyTorch: FSD's architecture.
+# PyTorch references: the same networks written the obvious PyTorch way.
 
 
 def _torch_resnet(stage_sizes, width: int):
@@ -401,24 +407,147 @@ def _torch_resnet(stage_sizes, width: int):
   return Scaled()
 
 
-def torch_fsd(config, batch_size: int, image_shape, args) -> dict[str, Any]:
-  """FSD's architecture in PyTorch: train (Adam) and eval images/s on the same batch."""
+def torch_fsd(config) -> dict[str, Any]:
+  """FSD's architecture: the ResNet with fc = Sequential(Linear, Linear), image logits."""
   import torch
 
-  torch.set_num_threads(os.cpu_count() or 1)
-  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   m = config.model
   stage_sizes, width = tuple(m.stage_sizes), int(m.width)
   embed_dim = int(m.embed_dim)
   model = _torch_resnet(stage_sizes, width)
   model.fc = torch.nn.Sequential(torch.nn.Linear(32 * width, embed_dim),
                                  torch.nn.Linear(embed_dim, NUM_CLASSES))
-  model = model.to(device).to(memory_format=torch.channels_last)
+  return {"model": model, "loss": torch.nn.functional.cross_entropy,
+          "predict": lambda logits: logits,
+          "architecture": f"ResNet stages {stage_sizes} width {width}, fc = Linear("
+                          f"{32 * width}, {embed_dim}), Linear({embed_dim}, {NUM_CLASSES})"}
+
+
+def torch_patch_forensics(config) -> dict[str, Any]:
+  """Xception's stem and blocks 1-2 (Cadene's layers: unpadded stem convs, separable convs as a
+  grouped 3x3 + 1x1, max-pool 3 stride 2 padding 1, 1x1 skip + BN), a 1x1 conv to the classes:
+  patch logits (N, C, h, w), cross-entropy on every patch, the patch softmax averaged to
+  predict."""
+  import torch
+  from torch import nn
+
+  if config.model.truncate_after != "block2":
+    raise ValueError(f"torch PatchForensics: truncate_after={config.model.truncate_after!r}; "
+                     "the reference is the official network, cut after block2")
+
+  def separable(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False),
+                         nn.Conv2d(cin, cout, 1, bias=False))
+
+  class Block(nn.Module):
+    """reps 2, stride 2, grow_first: both separable convs at the output width."""
+
+    def __init__(self, cin, cout, start_with_relu):
+      super().__init__()
+      rep = [nn.ReLU(), separable(cin, cout), nn.BatchNorm2d(cout),
+             nn.ReLU(), separable(cout, cout), nn.BatchNorm2d(cout), nn.MaxPool2d(3, 2, 1)]
+      self.rep = nn.Sequential(*rep[0 if start_with_relu else 1:])
+      self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+      return self.rep(x) + self.skip(x)
+
+  model = nn.Sequential(
+      nn.Conv2d(3, 32, 3, 2, 0, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+      nn.Conv2d(32, 64, 3, 1, 0, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+      Block(64, 128, start_with_relu=False), Block(128, 256, start_with_relu=True),
+      nn.Conv2d(256, NUM_CLASSES, 1))
+
+  def patch_loss(logits, labels):  # the image's label on every patch
+    n, _, h, w = logits.shape
+    return nn.functional.cross_entropy(logits, labels[:, None, None].expand(n, h, w))
+
+  return {"model": model, "loss": patch_loss,
+          "predict": lambda logits: torch.softmax(logits, 1).mean((2, 3)),
+          "architecture": f"Xception stem + blocks 1-2 + Conv2d(256, {NUM_CLASSES}, 1), "
+                          "per-patch CE"}
+
+
+def torch_patchcraft(config) -> dict[str, Any]:
+  """PatchCraft: the fixed 30-filter 5x5 high-pass bank as one conv over the 3 channels
+  (iab_jax.models.patchcraft's filter values), group means, the per-image median + 2/255
+  binarisation, a shared conv 1 -> width + BN + Hardtanh on rich and on poor, rich - poor, then
+  the classifier (conv + BN + ReLU stages, AvgPool2d(2) between, GAP, Linear)."""
+  import torch
+  from torch import nn
+
+  from iab_jax.models import patchcraft as ours
+
+  groups = list(ours.FILTER_GROUPS.values())
+  bank = torch.tensor(np.concatenate(groups), dtype=torch.float32)[:, None].repeat(1, 3, 1, 1)
+  width = int(config.model.get("width", 32))
+  stage_convs = tuple(int(n) for n in config.model.get("stage_convs", (4, 2, 2, 2)))
+
+  class Net(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.register_buffer("bank", bank)
+      self.conv = nn.Conv2d(1, width, 3, padding=1)
+      self.bn = nn.BatchNorm2d(width)
+      layers = []
+      for stage, convs in enumerate(stage_convs):
+        if stage:
+          layers.append(nn.AvgPool2d(2))
+        for _ in range(convs):
+          layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+      layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, NUM_CLASSES)]
+      self.classifier = nn.Sequential(*layers)
+
+    def texture(self, x):
+      with torch.no_grad():  # fixed filters and a threshold: nothing to differentiate
+        responses = nn.functional.conv2d(x, self.bank, padding=2)
+        gray = sum(r.mean(1) for r in responses.split([len(g) for g in groups], 1)) / 7.0
+        threshold = gray.flatten(1).median(1).values + 2.0 / 255.0
+        binary = (gray > threshold[:, None, None]).float()[:, None]
+      return nn.functional.hardtanh(self.bn(self.conv(binary)))
+
+    def forward(self, rich, poor):
+      return self.classifier(self.texture(rich) - self.texture(poor))
+
+  return {"model": Net(), "loss": nn.functional.cross_entropy,
+          "predict": lambda logits: torch.softmax(logits, 1),
+          "architecture": f"30-filter high-pass bank, conv 1->{width}, classifier width {width} "
+                          f"stages {stage_convs}"}
+
+
+# Registry name -> builder of the same network "the obvious PyTorch way": config -> {"model" (an
+# nn.Module taking the image, or the views of a dict-shaped input as keyword arguments), "loss"
+# (outputs, labels) -> scalar, "predict" outputs -> what evaluation computes, "architecture"}.
+TORCH_REFERENCES: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "fsd": torch_fsd,
+    "patch_forensics": torch_patch_forensics,
+    "patchcraft": torch_patchcraft,
+}
+
+
+def bench_torch(name: str, config, batch_size: int, train_shape, eval_shape,
+                args) -> dict[str, Any]:
+  """TORCH_REFERENCES[name] in PyTorch: train (forward + backward + Adam step, train mode) and
+  eval (eval mode, no_grad, its predict) images/s, channels-last, on CUDA when torch sees one."""
+  import torch
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  reference = TORCH_REFERENCES[name](config)
+  model = reference["model"].to(device).to(memory_format=torch.channels_last)
   optimizer = torch.optim.Adam(model.parameters(), lr=float(config.optimizer.learning_rate))
   rng = np.random.default_rng(0)
-  x = torch.from_numpy(rng.standard_normal((batch_size, *image_shape)).astype(np.float32))
-  x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last).to(device)
+
+  def images(shape):
+    if isinstance(shape, dict):
+      return {k: images(v) for k, v in shape.items()}
+    x = torch.from_numpy(rng.standard_normal((batch_size, *shape)).astype(np.float32))
+    return x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last).to(device)
+
+  train_x, eval_x = images(train_shape), images(eval_shape)
   y = torch.from_numpy(rng.integers(0, NUM_CLASSES, batch_size)).long().to(device)
+  forward = lambda x: model(**x) if isinstance(x, dict) else model(x)
 
   def sync():
     if device.type == "cuda":
@@ -426,25 +555,23 @@ def torch_fsd(config, batch_size: int, image_shape, args) -> dict[str, Any]:
 
   def train_step():
     optimizer.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(model(x), y)
-    loss.backward()
+    reference["loss"](forward(train_x), y).backward()
     optimizer.step()
     sync()
 
   def eval_step():
     with torch.no_grad():
-      model(x)
+      reference["predict"](forward(eval_x))
     sync()
 
   model.train()
   train_s = _median_seconds(train_step, max(args.warmup, 1), args.steps)
   model.eval()
   eval_s = _median_seconds(eval_step, max(args.warmup, 1), args.steps)
-  name = (torch.cuda.get_device_name() if device.type == "cuda"
-          else f"cpu, {torch.get_num_threads()} threads")
-  return {"device": f"torch {torch.__version__}, {name}", "batch": batch_size,
-          "architecture": f"ResNet stages {stage_sizes} width {width}, fc = Linear({32 * width}, "
-                          f"{embed_dim}), Linear({embed_dim}, {NUM_CLASSES})",
+  device_name = (torch.cuda.get_device_name() if device.type == "cuda"
+                 else f"cpu, {torch.get_num_threads()} threads")
+  return {"device": f"torch {torch.__version__}, {device_name}", "batch": batch_size,
+          "architecture": reference["architecture"],
           "train_median_step_s": train_s, "train_images_per_s": batch_size / train_s,
           "eval_median_step_s": eval_s, "eval_images_per_s": batch_size / eval_s}
 

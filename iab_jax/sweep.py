@@ -25,7 +25,8 @@ import time
 from typing import Sequence
 
 # The methods a preset runs, in Table 3's order; each has configs/<name>.py.
-METHODS = ("resnet50", "dct_cnn", "hifi_net", "defl", "fsd", "clip_lr")
+METHODS = ("resnet50", "dct_cnn", "hifi_net", "defl", "dna_det", "repmix", "patch_forensics",
+           "patchcraft", "ssp", "fsd", "clip_lr")
 PRESETS = {"minibench": "standard,minibench", "runlocal": "standard,runlocal,minibench"}
 
 

@@ -16,6 +16,11 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "hifi_net": ("HiFi-Net", "iab_jax.methods.hifi_net:HiFiNet"),
     "defl": ("Li et al.", "iab_jax.methods.defl:Defl"),
     "fsd": ("FSD", "iab_jax.methods.fsd:Fsd"),
+    "dna_det": ("DNA-Det", "iab_jax.methods.dna_det:DnaDet"),
+    "repmix": ("RepMix", "iab_jax.methods.repmix:RepMix"),
+    "patch_forensics": ("PatchForensics", "iab_jax.methods.patch_forensics:PatchForensics"),
+    "patchcraft": ("PatchCraft", "iab_jax.methods.patchcraft:PatchCraft"),
+    "ssp": ("SSP", "iab_jax.methods.ssp:Ssp"),
 }
 
 

@@ -42,6 +42,8 @@ class Phase:
   partners: each training example comes with this many other examples drawn uniformly from the
     training split, through the same transform: batch["partner_image"] (N, P, ...),
     batch["partner_label"] (N, P), batch["partner_levels"] (N, P, 4) (RepMix's mixing partner).
+  optimizer_key: where the optimizer lives in the config, for error messages (None: "optimizer"
+    for a single phase, "phases.<name>.optimizer" for several).
   """
 
   name: str
@@ -53,6 +55,7 @@ class Phase:
   label: str = "label"
   sampler: str = "shuffle"
   partners: int = 0
+  optimizer_key: str | None = None
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:

@@ -172,7 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def make_state(phase_index: int, params, model_state, step: int):
     phase = phases[phase_index]
     tx = optimizers.make(phase.optimizer, steps_per_epoch, phase.num_epochs * steps_per_epoch,
-                         key="optimizer" if len(phases) == 1 else f"phases.{phase.name}.optimizer")
+                         key=phase.optimizer_key or ("optimizer" if len(phases) == 1
+                                                     else f"phases.{phase.name}.optimizer"))
     opt_state = jax.jit(tx.init, out_shardings=repl)(params)
     return tx, {"params": params, "model_state": model_state, "opt_state": opt_state,
                 "step": sharding.replicate(np.int32(step), mesh)}

@@ -16,7 +16,8 @@ import pytest
 
 from iab_jax import main as main_lib, runs
 
-METHODS = ("dct_cnn", "clip_lr", "hifi_net", "defl", "fsd")
+METHODS = ("dct_cnn", "clip_lr", "hifi_net", "defl", "fsd", "dna_det", "repmix", "patch_forensics",
+           "patchcraft", "ssp")
 TASKS = ("standard", "semantic1")
 
 

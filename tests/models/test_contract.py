@@ -35,6 +35,8 @@ SMALL = {
     "vgg": (dict(hidden=16), 32),
     "alexnet": (dict(hidden=16), 64),
     "dncnn": (dict(depth=3, width=8), 16),
+    "patchcraft": (dict(width=8, stage_convs=(1, 1, 1, 1)), 32),
+    "dna_det": (dict(widths=(8, 8, 16, 16), proj_dim=8), 32),
 }
 NOT_MODELS = {"lpips": "LPIPS"}  # a distance between two images, not a network over one
 
@@ -73,7 +75,8 @@ def test_model_contract(name):
     assert logits.shape == (2, 3) and logits.dtype == jnp.float32
     head = getattr(module, "HEAD", None)
     assert head in variables["params"], f"{name}.HEAD={head!r} must name the classifier params"
-  if name not in ("small_cnn", "dct_cnn", "hifi_net"):  # no public pretrained weights
+  # no public pretrained weights
+  if name not in ("small_cnn", "dct_cnn", "hifi_net", "patchcraft", "dna_det"):
     assert callable(module.load_pretrained)
     # A composite network (Li et al.) loads the checkpoints its parts are registered under.
     assert module.CHECKPOINTS or getattr(module, "PRETRAINED_FROM", ())
