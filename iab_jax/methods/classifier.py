@@ -82,6 +82,37 @@ class Classifier(base.Method):
 OFFICIAL_LAYOUT_RESNET50 = "resnet50_state_dict.txt"
 
 
+def check_model_fields(config, fields, name: str | None = None) -> None:
+  """config.model exists, names only `fields` (one line naming the first unknown key) and, when
+  `name` is given, has model.name == name."""
+  model = config.get("model")
+  if name is not None:
+    if model is None or model.get("name") != name:
+      raise ValueError(f"config.model.name must be {name!r} for the {name} method")
+    fields = (*fields, "name")
+  if model is None:
+    raise ValueError("config.model is missing; expected " + ", ".join(fields))
+  unknown = set(model) - set(fields)
+  if unknown:
+    raise ValueError(f"config.model.{sorted(unknown)[0]}: unknown; expected {', '.join(fields)}")
+
+
+def load_backbone_resnet(variables, config):
+  """`variables` with their "backbone" (an iab_jax.models.resnet) read from the file
+  config.model.pretrained names (ImageNet weights; the file's 1000-way fc, which no method here
+  keeps, is dropped), or unchanged when that file is absent and random_init_fallback is set."""
+  from iab_jax import weights
+  from iab_jax.models import resnet
+
+  path = weights.resolve_or_random(config.model.get("pretrained"), config,
+                                   "config.model.pretrained")
+  if path is None:
+    return variables
+  backbone = {k: v["backbone"] for k, v in variables.items()}
+  backbone = weights.load_into(backbone, resnet, path)
+  return {k: {**v, "backbone": backbone[k]} for k, v in variables.items()}
+
+
 def import_official_resnet50(state, config, out_dir: str,
                              *, layout: dict[str, tuple[int, ...]] | None = None
                              ) -> base.OfficialImport:

@@ -189,8 +189,6 @@ def import_official(state, config, out_dir: str, *, layout=None) -> base.Officia
   del config
   from safetensors.numpy import save_file
 
-  from iab_jax.methods import classifier
-
   official.check_state(state, layout or official.read_layout(OFFICIAL_LAYOUT),
                        "official clip_lr checkpoint")
   prefix = "clip_model."

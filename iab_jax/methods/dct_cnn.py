@@ -22,7 +22,7 @@ import optax
 
 from iab_jax import console
 from iab_jax.data import transforms
-from iab_jax.methods import base, official
+from iab_jax.methods import base, classifier, official
 from iab_jax.models import dct_cnn as dct_cnn_model
 
 OFFICIAL_LAYOUT = "dct_state_dict.txt"
@@ -71,13 +71,8 @@ class DctCnn(base.Method):
 
   @classmethod
   def check_config(cls, config):
-    model = config.get("model")
-    if model is None or model.get("name") != "dct_cnn":
-      raise ValueError("config.model.name must be 'dct_cnn' for the dct_cnn method")
-    unknown = set(model.keys()) - set(_MODEL_KWARGS) - {"name"}
-    if unknown:
-      raise ValueError(f"config.model.{sorted(unknown)[0]}: unknown key; expected some of "
-                       f"{', '.join(_MODEL_KWARGS)}")
+    classifier.check_model_fields(config, _MODEL_KWARGS, name="dct_cnn")
+    model = config.model
     widths = tuple(model.get("widths", (3, 8, 16, 32)))
     if len(widths) != 4 or any(int(w) < 1 for w in widths):
       raise ValueError(f"config.model.widths={widths}; expected four positive channel counts")

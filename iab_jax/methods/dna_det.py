@@ -36,7 +36,7 @@ import optax
 from flax import traverse_util
 
 from iab_jax.data import transformations
-from iab_jax.methods import base, official
+from iab_jax.methods import base, classifier, official
 from iab_jax.models import dna_det as dna_model
 
 OFFICIAL_LAYOUT = "dna_state_dict.txt"
@@ -79,13 +79,7 @@ class DnaDet(base.Method):
 
   @classmethod
   def check_config(cls, config):
-    model = config.get("model")
-    if model is None or model.get("name") != "dna_det":
-      raise ValueError("config.model.name must be 'dna_det' for the dna_det method")
-    unknown = set(model.keys()) - set(_MODEL_KWARGS) - {"name"}
-    if unknown:
-      raise ValueError(f"config.model.{sorted(unknown)[0]}: unknown key; expected some of "
-                       f"{', '.join(_MODEL_KWARGS)}")
+    classifier.check_model_fields(config, _MODEL_KWARGS, name="dna_det")
     if float(config.get("temperature", 0)) <= 0:
       raise ValueError(f"config.temperature={config.get('temperature')!r}; expected > 0")
     if config.get("sampler") not in ("balanced", "shuffle"):

@@ -55,14 +55,8 @@ class Fsd(classifier.Classifier):
 
   @classmethod
   def check_config(cls, config):
-    model = config.get("model")
-    if model is None:
-      raise ValueError("config.model is missing; expected pretrained, embed_dim, stage_sizes, "
-                       "width")
-    unknown = set(model) - set(_MODEL_FIELDS)
-    if unknown:
-      raise ValueError(f"config.model.{sorted(unknown)[0]}: unknown; expected "
-                       f"{', '.join(_MODEL_FIELDS)}")
+    classifier.check_model_fields(config, _MODEL_FIELDS)
+    model = config.model
     if int(model.get("embed_dim", 1024)) < 1:
       raise ValueError(f"config.model.embed_dim={model.embed_dim}; expected >= 1")
 
@@ -79,17 +73,10 @@ class Fsd(classifier.Classifier):
 
   def init(self, rng, images, pretrained=True):
     variables = dict(self._init_fn(rng, images))
-    pretrained = self.config.model.get("pretrained") if pretrained else None
-    if pretrained:
-      from iab_jax import weights
-
-      path = weights.resolve_or_random(pretrained, self.config, "config.model.pretrained")
-      if path is not None:
-        # ImageNet weights for the ResNet; its 1000-way fc does not fit the 1024-d embedding
-        # layer, which load_pretrained therefore leaves as initialised.
-        backbone = {k: v["backbone"] for k, v in variables.items()}
-        backbone = weights.load_into(backbone, resnet, path)
-        variables = {k: {**v, "backbone": backbone[k]} for k, v in variables.items()}
+    if pretrained and self.config.model.get("pretrained"):
+      # ImageNet weights for the ResNet; its 1000-way fc does not fit the 1024-d embedding
+      # layer, which stays as initialised.
+      variables = classifier.load_backbone_resnet(variables, self.config)
     return variables
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from iab_jax.data import generators
-from iab_jax.methods import base, official
+from iab_jax.methods import base, classifier, official
 from iab_jax.models import _torch_init, resnet
 
 OFFICIAL_LAYOUT = "repmix_state_dict.txt"
@@ -122,13 +122,8 @@ class RepMix(base.Method):
 
   @classmethod
   def check_config(cls, config):
-    model = config.get("model")
-    if model is None:
-      raise ValueError("config.model is missing; expected " + ", ".join(_MODEL_FIELDS))
-    unknown = set(model) - set(_MODEL_FIELDS)
-    if unknown:
-      raise ValueError(f"config.model.{sorted(unknown)[0]}: unknown; expected "
-                       f"{', '.join(_MODEL_FIELDS)}")
+    classifier.check_model_fields(config, _MODEL_FIELDS)
+    model = config.model
     if int(model.get("embed_dim", 256)) < 1:
       raise ValueError(f"config.model.embed_dim={model.embed_dim}; expected >= 1")
     mixup = config.get("mixup", {})
@@ -166,17 +161,10 @@ class RepMix(base.Method):
 
   def init(self, rng, images, pretrained=True):
     variables = dict(self._init_fn(rng, images))
-    pretrained = self.config.model.get("pretrained") if pretrained else None
-    if pretrained:
-      from iab_jax import weights
-
-      path = weights.resolve_or_random(pretrained, self.config, "config.model.pretrained")
-      if path is not None:
-        # ImageNet weights for the ResNet; the backbone has no fc, so the file's is dropped (the
-        # official code replaces it with the fresh 2048 -> 256 embedding).
-        backbone = {k: v["backbone"] for k, v in variables.items()}
-        backbone = weights.load_into(backbone, resnet, path)
-        variables = {k: {**v, "backbone": backbone[k]} for k, v in variables.items()}
+    if pretrained and self.config.model.get("pretrained"):
+      # ImageNet weights for the ResNet; the backbone has no fc, so the file's is dropped (the
+      # official code replaces it with the fresh 2048 -> 256 embedding).
+      variables = classifier.load_backbone_resnet(variables, self.config)
     return variables
 
   def mixing_weights(self, rng: jax.Array, n: int) -> jax.Array:
