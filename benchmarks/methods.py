@@ -585,20 +585,24 @@ def _num(value, fmt: str) -> str:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-  header = (f"{'method':10s} {'batch':>5s} {'input':>11s} {'train img/s':>11s} {'ms/step':>8s} "
+  # Several views (PatchCraft's rich and poor) print as "poor 256x256x3, rich ...": the input
+  # column takes the widest; the method column the longest name.
+  mw = max([15] + [len(r["method"]) for r in rows])
+  iw = max([11] + [len(r.get("input", "")) for r in rows])
+  header = (f"{'method':{mw}s} {'batch':>5s} {'input':>{iw}s} {'train img/s':>11s} {'ms/step':>8s} "
             f"{'compile s':>9s} {'GFLOP/step':>10s} {'%peak':>6s} {'eval img/s':>10s} "
             f"{'compile s':>9s} {'%peak':>6s} {'frozen img/s':>12s} {'uncached':>9s}")
   print(header)
   print("-" * len(header))
   for row in rows:
     if "error" in row:
-      print(f"{row['method']:10s} FAILED: {row['error']}")
+      print(f"{row['method']:{mw}s} FAILED: {row['error']}")
       continue
     train, ev = row["train"], row["eval"]
     frozen = row["frozen"]
     frozen_text = "/".join(f"{f['images_per_s']:.2f}" for f in frozen) or "-"
     gflop = train.get("flops_per_step")
-    print(f"{row['method']:10s} {row['batch']:5d} {row['input']:>11s} "
+    print(f"{row['method']:{mw}s} {row['batch']:5d} {row['input']:>{iw}s} "
           f"{train['images_per_s']:11.2f} {train['median_step_s'] * 1000:8.1f} "
           f"{train['compile_s']:9.1f} {_num(gflop and gflop / 1e9, '10.2f'):>10s} "
           f"{_num(train.get('percent_of_peak'), '6.1f'):>6s} {ev['images_per_s']:10.2f} "
