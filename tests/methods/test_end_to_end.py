@@ -70,3 +70,30 @@ def test_attribute_computes_the_frozen_features_the_cache_holds(tiny_bench, tmp_
                                                 {"features": cached})
   np.testing.assert_allclose(probabilities, np.asarray(expected), rtol=1e-4, atol=1e-5)
   assert probabilities.shape == (8, 7)
+
+
+@pytest.mark.parametrize("method", ("patchcraft", "patch_forensics"))
+def test_attribute_takes_several_views_and_the_headline_rule(method, tiny_bench, tmp_path):
+  """`iab_jax.attribute` feeds a method whose evaluation transform makes several views
+  (PatchCraft's rich and poor tiles) and scores by the method's headline prediction rule
+  (PatchForensics' patch vote) exactly as predict does on the transformed images."""
+  import jax
+
+  from iab_jax import tasks
+  from iab_jax.attribute import Attributor
+  from iab_jax.data import pipeline, records, transforms
+
+  workdir = str(tmp_path / "run")
+  config, _ = run_method(method, "standard", tiny_bench, workdir)
+  attributor = Attributor(workdir)
+  data = tasks.load(config.input, tasks.parse_task(config.task))
+  images = [records.decode(data.dataset.raw(int(p))) for p in data.positions("test")[:4]]
+  probabilities = attributor.predict(images)
+  transform = transforms.parse(attributor.method.transforms()[1])
+  batch = {"image": pipeline.stack_tree([transform(image) for image in images])}
+  scores = jax.jit(attributor.method.predict)(attributor.variables, batch)
+  if attributor.method.prediction_rule:
+    assert set(scores) == {"vote", "average"} and attributor.method.prediction_rule == "vote"
+  np.testing.assert_allclose(probabilities, np.asarray(attributor.method.headline(scores)),
+                             rtol=1e-5, atol=1e-6)
+  assert probabilities.shape == (4, 7)
