@@ -97,6 +97,18 @@ def check_model_fields(config, fields, name: str | None = None) -> None:
     raise ValueError(f"config.model.{sorted(unknown)[0]}: unknown; expected {', '.join(fields)}")
 
 
+def model_kwargs(config, fields) -> dict:
+  """The Model keyword arguments config.model holds among `fields`: tuples for sequences (the
+  command line gives lists), a jnp dtype for "dtype"."""
+  kwargs = {k: v for k, v in config.model.items() if k in fields}
+  for key, value in kwargs.items():
+    if isinstance(value, (list, tuple)):
+      kwargs[key] = tuple(value)
+  if "dtype" in kwargs:
+    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+  return kwargs
+
+
 def load_backbone_resnet(variables, config):
   """`variables` with their "backbone" (an iab_jax.models.resnet) read from the file
   config.model.pretrained names (ImageNet weights; the file's 1000-way fc, which no method here

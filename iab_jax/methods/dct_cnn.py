@@ -84,11 +84,7 @@ class DctCnn(base.Method):
 
   def __init__(self, config, classes):
     super().__init__(config, classes)
-    kwargs = {k: v for k, v in config.model.items() if k in _MODEL_KWARGS}
-    if "widths" in kwargs:
-      kwargs["widths"] = tuple(int(w) for w in kwargs["widths"])
-    if "dtype" in kwargs:
-      kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+    kwargs = classifier.model_kwargs(config, _MODEL_KWARGS)
     self.model = dct_cnn_model.Model(num_classes=self.num_classes, **kwargs)
 
   @property

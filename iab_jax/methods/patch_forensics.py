@@ -40,124 +40,12 @@ import optax
 
 from iab_jax.methods import base, official
 from iab_jax.models import _loading, xception
-from iab_jax.models.resnet import BatchNorm
 
 OFFICIAL_LAYOUT = "patch_state_dict.txt"
 OFFICIAL_PREFIX = "net_D.module."  # the official model is wrapped in torch's DataParallel
 OFFICIAL_TRUNCATION = "block2"  # which_model_netD: xception_block2
 RULES = ("vote", "average")
 _MODEL_KEYS = ("name", "truncate_after", "init_gain", "dtype")
-
-
-def depthwise_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A depthwise 3x3 convolution (padding 1, stride 1) as nine shifted products.
-
-  kernel (3, 3, 1, C), as Flax's grouped conv and xception.SeparableConv hold it. The same
-  numbers as lax.conv_general_dilated(feature_group_count=C), but XLA's CPU backend runs grouped
-  convolutions ~10x slower (forward) and ~4x slower (backward) than these element-wise ops, and
-  the depthwise convs were most of a CPU training step.
-  """
-  h, w = x.shape[1:3]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  out = padded[:, :h, :w, :] * kernel[0, 0, 0]
-  for i in range(3):
-    for j in range(3):
-      if i or j:
-        out = out + padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
-  return out
-
-
-def max_pool3x3(x: jax.Array, stride: int) -> jax.Array:
-  """torch's MaxPool2d(3, stride, padding=1) (-inf padding) as the maximum of nine strided
-  slices: the same values as nn.max_pool, whose gradient (select-and-scatter) is slow on CPU."""
-  h, w = x.shape[1:3]
-  out_h, out_w = (h - 1) // stride + 1, (w - 1) // stride + 1
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  out = None
-  for i in range(3):
-    for j in range(3):
-      window = padded[:, i:i + stride * (out_h - 1) + 1:stride,
-                      j:j + stride * (out_w - 1) + 1:stride, :]
-      out = window if out is None else jnp.maximum(out, window)
-  return out
-
-
-class DepthwiseConv(nn.Module):
-  """Holds a depthwise 3x3 kernel (3, 3, 1, C) under the name xception's grouped nn.Conv uses."""
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    # Initialisers here are placeholders: PatchForensics.init draws the original's init.
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, 1, x.shape[-1]),
-                        jnp.float32)
-    return depthwise_conv3x3(x, kernel.astype(self.dtype))
-
-
-class SeparableConv(nn.Module):
-  """Depthwise 3x3 then pointwise 1x1, no biases (Cadene's SeparableConv2d, xception's names)."""
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = DepthwiseConv(dtype=self.dtype, name="depthwise")(x)
-    return nn.Conv(self.features, (1, 1), padding="VALID", use_bias=False, dtype=self.dtype,
-                   param_dtype=jnp.float32, name="pointwise")(x)
-
-
-class Block(nn.Module):
-  """Xception's block, as iab_jax.models.xception.Block computes it (same variables, same
-  function), with the CPU-friendly depthwise conv and max pool above."""
-  in_features: int
-  out_features: int
-  reps: int
-  stride: int
-  start_with_relu: bool
-  grow_first: bool
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    norm = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype, name=name)
-    y = x
-    widths = xception._sep_widths(self.in_features, self.out_features, self.reps,
-                                  self.grow_first)
-    for k, width in enumerate(widths, start=1):
-      if k > 1 or self.start_with_relu:
-        y = nn.relu(y)
-      y = norm(f"bn{k}")(SeparableConv(width, dtype=self.dtype, name=f"sep{k}")(y))
-    if self.stride != 1:
-      y = max_pool3x3(y, self.stride)
-    shortcut = x
-    if self.in_features != self.out_features or self.stride != 1:
-      shortcut = nn.Conv(self.out_features, (1, 1), (self.stride, self.stride), padding="VALID",
-                         use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                         name="skip")(x)
-      shortcut = norm("skipbn")(shortcut)
-    return y + shortcut
-
-
-class Backbone(nn.Module):
-  """Xception's stem (unpadded 3x3 convs, stride 2 then 1) and blocks 1..`truncate_after`:
-  iab_jax.models.xception.Model(num_classes=0, truncate_after=...)'s variables and function."""
-  truncate_after: str
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = lambda f, s, name: nn.Conv(f, (3, 3), (s, s), padding="VALID", use_bias=False,
-                                      dtype=self.dtype, param_dtype=jnp.float32, name=name)
-    norm = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype, name=name)
-    x = x.astype(self.dtype)
-    x = nn.relu(norm("bn1")(conv(32, 2, "conv1")(x)))
-    x = nn.relu(norm("bn2")(conv(64, 1, "conv2")(x)))
-    for name, spec in zip(xception.BLOCK_NAMES, xception._BLOCKS):
-      x = Block(*spec, dtype=self.dtype, name=name)(x, train=train)
-      if name == self.truncate_after:
-        return x
-    raise ValueError(f"truncate_after={self.truncate_after!r}; expected one of "
-                     f"{', '.join(xception.BLOCK_NAMES)}")
 
 
 class PatchNet(nn.Module):
@@ -172,8 +60,10 @@ class PatchNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    feature_map = Backbone(self.truncate_after, dtype=self.dtype, name="backbone")(
-        x, train=train)
+    # Xception's stem and blocks, with the CPU-friendly depthwise convs and max pools.
+    feature_map, _ = xception.Model(num_classes=0, truncate_after=self.truncate_after,
+                                    dtype=self.dtype, shifted_ops=True, name="backbone")(
+                                        x, train=train)
     # The classifier runs in float32 whatever the compute dtype: it feeds the softmax.
     return nn.Conv(self.num_classes, (1, 1), padding="VALID", dtype=jnp.float32,
                    param_dtype=jnp.float32, name="convout")(feature_map.astype(jnp.float32))

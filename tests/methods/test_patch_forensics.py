@@ -155,8 +155,8 @@ def test_backbone_equals_xception_truncated():
       lambda p, v: v + 0.3 if p[-1].key == "mean" else v * 1.7 if p[-1].key == "var" else v,
       variables)
   expected, _ = jax.jit(lambda v, x: reference.apply(v, x, train=False))(variables, x)
-  got = jax.jit(lambda v, x: patch_forensics.Backbone("block2").apply(v, x, train=False))(
-      variables, x)
+  shifted = xception.Model(num_classes=0, truncate_after="block2", shifted_ops=True)
+  got, _ = jax.jit(lambda v, x: shifted.apply(v, x, train=False))(variables, x)
   assert got.shape == expected.shape == (2, 4, 4, 256)
   np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
   # The two CPU-friendly ops alone, against lax's grouped conv and Flax's max pool.
@@ -165,11 +165,11 @@ def test_backbone_equals_xception_truncated():
   grouped = jax.lax.conv_general_dilated(z, kernel, (1, 1), ((1, 1), (1, 1)),
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                          feature_group_count=5)
-  np.testing.assert_allclose(patch_forensics.depthwise_conv3x3(z, kernel), grouped, atol=1e-5)
+  np.testing.assert_allclose(xception.depthwise_conv3x3(z, kernel), grouped, atol=1e-5)
   import flax.linen as nn
   for stride in (1, 2):
     np.testing.assert_array_equal(
-        patch_forensics.max_pool3x3(z, stride),
+        xception.max_pool3x3(z, stride),
         nn.max_pool(z, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1))))
 
 
