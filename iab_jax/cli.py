@@ -177,11 +177,14 @@ def print_table(results) -> None:
 
   if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
     return
-  try:
-    table = report.table3([results])
-  except ValueError:  # a protocol Table 3 has no columns for
-    return
-  print(report.to_markdown(table))
+  if report.TABLE_EVAL in results.get("evals", {}):
+    try:
+      print(report.to_markdown(report.table3([results])))
+    except ValueError:  # a protocol Table 3 has no columns for
+      pass
+  for grid in (report.image_to_model_table([results]), report.open_set_table([results])):
+    if grid is not None:
+      print(report.grid_markdown(grid))
 
 
 def one_line(error: BaseException, argv) -> str:

@@ -65,7 +65,10 @@ def evaluate(config, workdir: str, name: str, which: str = "best") -> dict:
     trained = runs.load_config(workdir)
     classes = tasks.load(trained.input, task).classes
   data = tasks.load(config.input, task, classes=classes, any_protocol=True)
-  splits = sorted({e.get("split", "test") for e in config.evals.values()})
+  # "all" (image-to-model verification over every record) is not a manifest split.
+  named = [s for e in config.evals.values()
+           for s in (e.get("split", "test"), e.get("unknown_split")) if s and s != "all"]
+  splits = sorted(set(named) or {"test"})
   missing = [s for s in splits if s not in data.manifest.splits]
   if missing:
     raise errors.UserError(f"manifest {data.manifest.path!r} has no split {missing[0]!r} (it has "

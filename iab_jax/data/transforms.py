@@ -379,8 +379,10 @@ def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
   return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def _resize_shorter_side(img, rng, *, size, resample):
+def _resize_shorter_side(img, rng, *, size, resample, enlarge_only=False):
   del rng
+  if enlarge_only and min(img.size) >= size:
+    return img
   new_size = shorter_side_size(*img.size, size)
   if new_size == img.size:
     return img  # torchvision returns the input unchanged here
@@ -402,14 +404,19 @@ def _resize_size(args, kwargs) -> Size:
 
 
 @register("resize", size=_resize_size)
-def resize(size, width=None, *, method="bilinear"):
-  """resize(s): shorter side to s keeping the aspect ratio; resize(h, w): exactly h x w."""
+def resize(size, width=None, *, method="bilinear", enlarge_only=False):
+  """resize(s): shorter side to s keeping the aspect ratio; resize(h, w): exactly h x w.
+
+  enlarge_only (resize(s) only): leave an image whose shorter side is already >= s as it is, so
+  that a random crop of s keeps the native pixels (OFA's crops of COCO photos)."""
   if method not in _RESAMPLING:
     raise ValueError(f"unknown resize method {method!r}; known: {', '.join(_RESAMPLING)}")
   resample = _RESAMPLING[method]
   if width is None and not isinstance(size, (tuple, list)):
     return functools.partial(_resize_shorter_side, size=_check_size(size, "size"),
-                             resample=resample)
+                             resample=resample, enlarge_only=bool(enlarge_only))
+  if enlarge_only:
+    raise ValueError("resize(h, w) resizes exactly; enlarge_only is for resize(s)")
   height, width = _height_width(size, width)
   return functools.partial(_resize_exact, height=height, width=width, resample=resample)
 

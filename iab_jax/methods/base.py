@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 Variables = dict[str, Any]
@@ -44,6 +45,11 @@ class Phase:
     batch["partner_label"] (N, P), batch["partner_levels"] (N, P, 4) (RepMix's mixing partner).
   optimizer_key: where the optimizer lives in the config, for error messages (None: "optimizer"
     for a single phase, "phases.<name>.optimizer" for several).
+  classes: train on the training records of these classes only (names of the run's classes),
+    e.g. ("real",) for a method that learns from real images alone (OFA); None: every class.
+  num_steps: the phase's length in steps instead of epochs (then num_epochs must be 1): one long
+    "epoch" over the training records repeated in a new order each pass, for recipes stated in
+    steps (OFA: 10k extractor steps); validation and the epoch's checkpoint come at its end.
   """
 
   name: str
@@ -56,6 +62,8 @@ class Phase:
   sampler: str = "shuffle"
   partners: int = 0
   optimizer_key: str | None = None
+  classes: tuple[str, ...] | None = None
+  num_steps: int = 0
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:
@@ -63,6 +71,11 @@ class Phase:
                        f"{', '.join(SAMPLERS)}")
     if self.partners < 0:
       raise ValueError(f"phase {self.name!r}: partners={self.partners}; expected >= 0")
+    if self.num_steps < 0 or (self.num_steps and self.num_epochs != 1):
+      raise ValueError(f"phase {self.name!r}: num_steps={self.num_steps} with num_epochs="
+                       f"{self.num_epochs}; a phase stated in steps has num_epochs=1")
+    if self.classes is not None and not self.classes:
+      raise ValueError(f"phase {self.name!r}: classes=(); expected class names or None")
     if self.select_best and not self.validate:
       raise ValueError(f"phase {self.name!r}: select_best needs validate")
 
@@ -201,6 +214,27 @@ class Method:
       raise ValueError(f"{self.display_name}: predict returned the rules {sorted(scores)} but "
                        f"prediction_rule is {self.prediction_rule!r}")
     return scores[self.prediction_rule]
+
+  # Open-set attribution with a reject option: predict returns (N, num_classes + 1) probabilities
+  # whose last column is "none of the known classes" (OFA's class of simulator reconstructions).
+  # Closed-set metrics read the first num_classes columns; the open-set evaluator's confidence of
+  # being known is the largest of them.
+  reject_class: bool = False
+
+  def embed(self, variables: Variables, batch: Batch) -> jax.Array:
+    """(N, d) embeddings of a batch (as predict receives it), for the evaluators that compare
+    images with each other (image-to-model verification). Methods without any raise."""
+    del variables, batch
+    raise NotImplementedError(f"{self.display_name} yields no embeddings (Method.embed)")
+
+  def pair_scores(self, variables: Variables, query: jax.Array, support: jax.Array) -> jax.Array:
+    """(Q, S) scores that query i and support image j come from the same generator, higher =
+    more likely, from their embeddings (Q, d) and (S, d). Default: cosine similarity; a method
+    with a learned pair head (OFA) overrides it."""
+    del variables
+    q = query / (jnp.linalg.norm(query, axis=-1, keepdims=True) + 1e-12)
+    s = support / (jnp.linalg.norm(support, axis=-1, keepdims=True) + 1e-12)
+    return q @ s.T
 
   # The linear_probe trainer (methods fitted on features, not trained by SGD epochs) calls this
   # once with every training example's features and labels, and saves what it returns.

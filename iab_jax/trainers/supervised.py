@@ -113,18 +113,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batch_size = config.input.batch_size
   sharding.check_batch_size(batch_size, "input.batch_size")
   train_positions = data.positions("train")
-  steps_per_epoch = pipeline.steps_per_epoch(len(train_positions), batch_size, train=True)
-  if steps_per_epoch == 0:
-    raise ValueError(f"config.input.batch_size={batch_size} is larger than the training split "
-                     f"({len(train_positions)} images)")
   # A smoke test (runlocal) caps the steps of an "epoch"; the next one continues the stream.
   step_limit = int(config.get("max_steps_per_epoch", 0) or 0)
-  if step_limit and step_limit < steps_per_epoch:
-    console.say("max_steps_per_epoch=%d: each epoch is cut to %d of its %d steps", step_limit,
-                step_limit, steps_per_epoch)
-    steps_per_epoch = step_limit
   phases = method.phases()
-  total_steps = sum(p.num_epochs for p in phases) * steps_per_epoch
+  phase_positions = [phase_training_positions(p, data, train_positions) for p in phases]
+  # Per phase: the steps of one pass over its records (what epoch-based schedules count in),
+  # and the steps of one of its epochs (a phase stated in steps is one epoch of that many).
+  data_epochs = [pipeline.steps_per_epoch(len(x), batch_size, train=True)
+                 for x in phase_positions]
+  for p, x, n in zip(phases, phase_positions, data_epochs):
+    if n == 0:
+      raise ValueError(f"config.input.batch_size={batch_size} is larger than the training "
+                       f"records of phase {p.name!r} ({len(x)} images)")
+  epoch_steps = [p.num_steps or n for p, n in zip(phases, data_epochs)]
+  if step_limit and any(step_limit < n for n in epoch_steps):
+    console.say("max_steps_per_epoch=%d: each epoch is cut to %d of its %s steps", step_limit,
+                step_limit, "/".join(map(str, epoch_steps)))
+    epoch_steps = [min(n, step_limit) for n in epoch_steps]
+  total_steps = sum(p.num_epochs * n for p, n in zip(phases, epoch_steps))
   phase_transforms = [p.transform or train_transform for p in phases]
   writer = writers.create(workdir)
   if jax.process_index() == 0:
@@ -135,7 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   console.say("%s on %s: %d classes, %d training images, %d steps (%s); %d devices in %d "
               "processes", method.display_name, task.name, method.num_classes,
               len(train_positions), total_steps,
-              ", ".join(f"{p.name} {p.num_epochs} epochs" for p in phases), jax.device_count(),
+              ", ".join(f"{p.name} {p.num_steps} steps" if p.num_steps else
+                        f"{p.name} {p.num_epochs} epochs" for p in phases), jax.device_count(),
               jax.process_count())
 
   # ---------------------------------------------------------------- variables
@@ -171,7 +178,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def make_state(phase_index: int, params, model_state, step: int):
     phase = phases[phase_index]
-    tx = optimizers.make(phase.optimizer, steps_per_epoch, phase.num_epochs * steps_per_epoch,
+    tx = optimizers.make(phase.optimizer, data_epochs[phase_index],
+                         phase.num_epochs * epoch_steps[phase_index],
                          key=phase.optimizer_key or ("optimizer" if len(phases) == 1
                                                      else f"phases.{phase.name}.optimizer"))
     opt_state = jax.jit(tx.init, out_shardings=repl)(params)
@@ -194,11 +202,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       step_fn = make_train_step(method, tx, phase, mesh)
       compiled = None
+      steps_per_epoch = epoch_steps[phase_index]
       train_iter = iter(pipeline.make_dataset(
-          data.dataset, train_positions, data.labels, phase_transforms[phase_index],
+          data.dataset, phase_positions[phase_index], data.labels, phase_transforms[phase_index],
           batch_size=batch_size, train=True, seed=config.seed + 1000 * phase_index,
-          num_epochs=phase.num_epochs, sampler=phase.sampler, partners=phase.partners,
-          **reading))
+          num_epochs=None if phase.num_steps else phase.num_epochs, sampler=phase.sampler,
+          partners=phase.partners, partner_pool=phase_positions[phase_index], **reading))
       first_epoch, skip_steps = 0, 0
       if phase_index == position["phase"] and latest is not None:
         state = ckpt.restore(latest, state, train_iter)
@@ -298,6 +307,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_results(results, os.path.join(workdir, RESULTS_JSON))
   writer.close()
   return results
+
+
+def phase_training_positions(phase, data: tasks.TaskData, positions: np.ndarray) -> np.ndarray:
+  """The training records a phase learns from: all of them, or those of the phase's classes."""
+  if phase.classes is None:
+    return positions
+  missing = [c for c in phase.classes if c not in data.classes]
+  if missing:
+    raise ValueError(f"phase {phase.name!r} trains on the class {missing[0]!r}, which the run's "
+                     f"data do not have (classes: {', '.join(data.classes)})")
+  wanted = [data.classes.index(c) for c in phase.classes]
+  return positions[np.isin(data.labels[positions], wanted)]
 
 
 def prepare(method, variables, data: tasks.TaskData, transform: str, config, step_limit: int = 0):
