@@ -2,7 +2,8 @@
 
 A method config calls `task_config(arg, ...)` with its recipe and overrides what else it needs.
 `arg` is what follows the `:` in `--config configs/<method>.py:<arg>`: a task (`standard`,
-`semantic1|2|3`, `semantic:<class>`), optionally followed by comma-separated options:
+`semantic1|2|3`, `semantic:<class>`, `openset0..4` or `openset:<fold>`), optionally followed by
+comma-separated options:
 `runlocal` shrinks the run to a smoke test, `data=DIR` points at a dataset directory,
 `official` reproduces the official PyTorch code where it changes numbers (its split, its 16-bit
 decoding, testing the last epoch instead of the best; methods add their own deviations),
@@ -99,7 +100,9 @@ def task_config(arg: str, *, method: str, standard_epochs: int = 10, semantic_ep
                 data_dir: str = "data/iab") -> ml_collections.ConfigDict:
   """A run of `method` on the task `arg` names, with the paper's defaults (appendix D):
   Adam 1e-3, batch 32, cross-entropy, 10 epochs standard / 15 semantic, best checkpoint by
-  validation accuracy, tested at all 7 levels."""
+  validation accuracy, tested at all 7 levels. An open-set task trains on its known classes as
+  the standard task does and adds the `openset` eval (closed-set accuracy, AUROC and OSCR of
+  known against the fold's unknown generators, iab_jax.evaluators.open_set)."""
   task, options = parse_arg(arg)
   config = ml_collections.ConfigDict()
   config.method = method
@@ -110,6 +113,9 @@ def task_config(arg: str, *, method: str, standard_epochs: int = 10, semantic_ep
   config.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": learning_rate})
   config.evals = ml_collections.ConfigDict({
       "test": {"type": "classification", "split": "test", "levels": tuple(range(NUM_LEVELS))}})
+  if task.protocol == "openset":
+    config.evals.openset = {"type": "open_set", "split": "test", "unknown_split": "test_unknown",
+                            "levels": (0,)}
   config.seed = 0
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0: at the end of each epoch only

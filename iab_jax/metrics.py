@@ -270,3 +270,84 @@ def _check_scores(scores: np.ndarray, labels: np.ndarray,
   if not np.all(np.isfinite(scores)):
     raise ValueError("scores contain NaN or infinity")
   return scores, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Open-set attribution: known classes against generators never seen in training.
+
+
+def _check_open_set(confidence, is_known, correct_known=None):
+  confidence = np.asarray(confidence, dtype=np.float64)
+  is_known = np.asarray(is_known, dtype=bool)
+  if confidence.ndim != 1 or confidence.shape != is_known.shape:
+    raise ValueError(f"confidence {confidence.shape} and is_known {is_known.shape} must be equal "
+                     "1-d shapes")
+  if not np.all(np.isfinite(confidence)):
+    raise ValueError("confidence contains NaN or infinity")
+  if correct_known is None:
+    return confidence, is_known
+  correct_known = np.asarray(correct_known, dtype=bool)
+  if correct_known.shape != confidence.shape:
+    raise ValueError(f"correct_known {correct_known.shape} must have the shape of confidence "
+                     f"{confidence.shape}")
+  if np.any(correct_known & ~is_known):
+    raise ValueError("correct_known marks an unknown example as correctly classified")
+  return confidence, is_known, correct_known
+
+
+def open_set_auroc(confidence: np.ndarray, is_known: np.ndarray) -> float:
+  """ROC AUC of telling known-class examples (positive) from unknown ones by the confidence of
+  being known; a tie counts one half. NaN without both known and unknown examples."""
+  confidence, is_known = _check_open_set(confidence, is_known)
+  if confidence.size == 0:
+    return float("nan")
+  return _auc_and_ap(confidence, is_known)[0]
+
+
+def oscr_curve(confidence: np.ndarray, correct_known: np.ndarray,
+               is_known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(false positive rate, correct classification rate), one point per threshold.
+
+  A threshold t accepts every example with confidence >= t. CCR(t) = known examples that are
+  accepted and correctly classified / known examples; FPR(t) = accepted unknown examples /
+  unknown examples. The thresholds are +inf (nothing accepted: the point (0, 0)) and each
+  distinct confidence from the highest down, so examples that tie enter together and the
+  segment between two points is the straight line a random order among them would give on
+  average. Both rates only grow along the arrays.
+  """
+  confidence, is_known, correct_known = _check_open_set(confidence, is_known, correct_known)
+  n_known, n_unknown = int(is_known.sum()), int((~is_known).sum())
+  if n_known == 0 or n_unknown == 0:
+    raise ValueError(f"OSCR needs known and unknown examples; got {n_known} known and "
+                     f"{n_unknown} unknown")
+  order = np.argsort(-confidence, kind="stable")
+  s = confidence[order]
+  # The last example of each run of equal confidences, highest confidence first.
+  ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+  correct = np.cumsum(correct_known[order])[ends]
+  false_pos = np.cumsum(~is_known[order])[ends]
+  fpr = np.concatenate([[0.0], false_pos / n_unknown])
+  ccr = np.concatenate([[0.0], correct / n_known])
+  return fpr, ccr
+
+
+def oscr(confidence: np.ndarray, correct_known: np.ndarray, is_known: np.ndarray) -> float:
+  """Open-Set Classification Rate (Dhamija et al., NeurIPS 2018), the area under the CCR-vs-FPR
+  curve of `oscr_curve` (trapezoids), as the OSCR code of POSE and of Vaze et al. integrates it.
+
+  At FPR = 1 the curve reaches the closed-set accuracy, so OSCR <= closed-set accuracy: equal when
+  every known example is more confident than every unknown one, half of it for a confidence that
+  says nothing. Equivalently, the chance that a random correctly classified known example is
+  more confident than a random unknown one (a tie counting one half), times the closed-set
+  accuracy. Their code walks the examples one by one in sorted order, so where a known and an
+  unknown example tie its value depends on the sort; here ties count one half.
+
+  Args:
+    confidence: (N,) confidence of being of a known class (e.g. the largest known-class
+      probability), for known and unknown examples.
+    correct_known: (N,) True where a known example's closed-set prediction is its label (False
+      for every unknown example).
+    is_known: (N,) True for examples of known classes.
+  """
+  fpr, ccr = oscr_curve(confidence, correct_known, is_known)
+  return float(np.sum(np.diff(fpr) * (ccr[1:] + ccr[:-1]) / 2.0))

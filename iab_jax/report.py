@@ -17,8 +17,16 @@ their own ("<method> (group split)"). Under the table, the baselines each run re
 classifier that sees only each image's file format and size (iab_jax.data.shortcuts); an attributor
 that does no better than the latter may have learnt the file, not the generator.
 
-Outputs in --out: table3.md, table3.csv, table3.tex, one confusion-matrix PNG per run and eval,
-and TensorBoard summaries of the same numbers through a CLU metric writer.
+Runs with OFA's evaluations add its tables: image_to_model.md/.csv (Tables 1-2 of Fei et al.:
+rows the target generators, one column per run, cells the mean one-vs-one AUC, last row Avg ± std
+over the targets) from evals of type image_to_model, and open_set.md/.csv (Tables 4-5: one row per
+method, closed-set accuracy, AUROC and OSCR per fold and their mean ± std over folds) from the
+open_set evals of `openset:<k>` runs.
+
+Outputs in --out: table3.md, table3.csv, table3.tex (when a run is a standard, semantic or group
+run), image_to_model.md/.csv and open_set.md/.csv (when runs carry those evals), one
+confusion-matrix PNG per run and eval, and TensorBoard summaries of Table 3 through a CLU metric
+writer.
 """
 
 from __future__ import annotations
@@ -519,13 +527,153 @@ def write_summaries(table: Table, out: str, markdown: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# OFA's tables: image-to-model verification (Tables 1-3 of Fei et al.) and open-set attribution
+# (Tables 4-5), from the evals of type image_to_model and open_set (iab_jax/evaluators).
+
+
+@dataclasses.dataclass
+class GridTable:
+  """A table of percentages: `values` (rows x columns, NaN where missing), each cell optionally
+  with a ± std (`stds`, NaN where none)."""
+
+  title: str
+  corner: str  # the header of the row names' column
+  rows: tuple[str, ...]
+  columns: tuple[str, ...]
+  values: np.ndarray
+  stds: np.ndarray
+
+
+def _evals_with(run: dict[str, Any], key: str, level: str = "0") -> list[tuple[str, dict]]:
+  """(name, level entry) of the run's evals whose `level` entry holds `key`, in name order."""
+  found = []
+  for name, ev in sorted((run.get("evals") or {}).items()):
+    entry = ((ev or {}).get("levels") or {}).get(level) or {}
+    if isinstance(entry, dict) and key in entry:
+      found.append((name, entry))
+  return found
+
+
+def _pct(value) -> float:
+  return float("nan") if value is None else 100.0 * float(value)
+
+
+def image_to_model_table(runs: Sequence[dict[str, Any]], level: int = 0) -> GridTable | None:
+  """Tables 1/2 of OFA: rows the generators (targets), one column per run and image-to-model
+  eval, cells the target's mean one-vs-one AUC (%); the last row Avg ± std over the targets.
+  None when no run has such an eval."""
+  columns, cells, summary = [], [], []
+  for run in runs:
+    found = _evals_with(run, "auc_ovo_per_target", str(level))
+    for name, entry in found:
+      title = run.get("method_display") or run["method"]
+      title += f" ({run['task']}" + (f", {name})" if len(found) > 1 else ")")
+      columns.append(title)
+      cells.append({t: _pct(v) for t, v in entry["auc_ovo_per_target"].items()})
+      summary.append((_pct(entry.get("auc_ovo_mean")), _pct(entry.get("auc_ovo_std"))))
+  if not columns:
+    return None
+  targets = generators.class_order({t for c in cells for t in c})
+  values = np.full((len(targets) + 1, len(columns)), np.nan)
+  stds = np.full_like(values, np.nan)
+  for c, per_target in enumerate(cells):
+    for r, t in enumerate(targets):
+      values[r, c] = per_target.get(t, np.nan)
+    values[-1, c], stds[-1, c] = summary[c]
+  return GridTable(title=f"Image-to-model verification ({degradations.LEVEL_NAMES[level]}): "
+                   "mean one-vs-one AUC (%) per target generator; Avg ± std over the targets.",
+                   corner="Generator", rows=tuple(targets) + (AVG_ROW,), columns=tuple(columns),
+                   values=values, stds=stds)
+
+
+def _fold(task: str) -> int | None:
+  if task.startswith("openset:") and task.split(":", 1)[1].isdigit():
+    return int(task.split(":", 1)[1])
+  return None
+
+
+def open_set_table(runs: Sequence[dict[str, Any]], level: int = 0) -> GridTable | None:
+  """Tables 4/5 of OFA: one row per method, columns closed-set accuracy (mean ± std over the
+  folds), AUROC and OSCR of each fold, and their mean ± std over the folds (%). None when no
+  open-set run has an open_set eval."""
+  found: dict[str, dict[int, dict]] = {}
+  display: dict[str, str] = {}
+  for run in runs:
+    fold = _fold(run["task"])
+    entries = _evals_with(run, "oscr", str(level))
+    if fold is None or not entries:
+      continue
+    display.setdefault(run["method"], run.get("method_display") or run["method"])
+    found.setdefault(run["method"], {})[fold] = entries[0][1]
+  if not found:
+    return None
+  folds = sorted({f for per in found.values() for f in per})
+  columns = (["Closed acc"] + [f"Fold {f} {m}" for f in folds for m in ("AUROC", "OSCR")]
+             + ["Avg AUROC", "Avg OSCR"])
+  values = np.full((len(found), len(columns)), np.nan)
+  stds = np.full_like(values, np.nan)
+  for r, per_fold in enumerate(found.values()):
+    acc = [_pct(e["closed_set_accuracy"]) for e in per_fold.values()]
+    values[r, 0], stds[r, 0] = np.mean(acc), np.std(acc)
+    for f, entry in per_fold.items():
+      c = 1 + 2 * folds.index(f)
+      values[r, c], values[r, c + 1] = _pct(entry["auroc"]), _pct(entry["oscr"])
+    for c, key in ((-2, "auroc"), (-1, "oscr")):
+      got = [_pct(e[key]) for e in per_fold.values()]
+      values[r, c], stds[r, c] = np.mean(got), np.std(got)
+  return GridTable(title=f"Open-set attribution ({degradations.LEVEL_NAMES[level]}), %: "
+                   "closed-set accuracy, AUROC (known vs unknown) and OSCR per fold; mean ± "
+                   "std over the folds a method ran.", corner="Method",
+                   rows=tuple(display[m] for m in found), columns=tuple(columns),
+                   values=values, stds=stds)
+
+
+def _grid_cell(table: GridTable, r: int, c: int) -> str:
+  v, sd = table.values[r, c], table.stds[r, c]
+  if np.isnan(v):
+    return MISSING
+  return f"{v:.2f}" + ("" if np.isnan(sd) else f"±{sd:.2f}")
+
+
+def grid_markdown(table: GridTable) -> str:
+  def esc(text: str) -> str:
+    return text.replace("|", r"\|")
+
+  lines = [table.title, "", f"| {table.corner} | " + " | ".join(map(esc, table.columns)) + " |",
+           "|:--|" + "--:|" * len(table.columns)]
+  for r, name in enumerate(table.rows):
+    cells = [_grid_cell(table, r, c) for c in range(len(table.columns))]
+    lines.append(f"| {esc(name)} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def grid_csv(table: GridTable) -> str:
+  """Full-precision percent; a column with stds gets a '<column> std' column after it."""
+  with_std = [c for c in range(len(table.columns)) if not np.isnan(table.stds[:, c]).all()]
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator="\n")
+  header = [table.corner.lower()]
+  for c, title in enumerate(table.columns):
+    header += [title] + ([f"{title} std"] if c in with_std else [])
+  writer.writerow(header)
+  for r, name in enumerate(table.rows):
+    row = [name]
+    for c in range(len(table.columns)):
+      for v in [table.values[r, c]] + ([table.stds[r, c]] if c in with_std else []):
+        row.append("" if np.isnan(v) else repr(float(v)))
+    writer.writerow(row)
+  return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m iab_jax.report",
-      description="Rebuild Table 3 (standard and semantic task accuracy) from run results.")
+      description="Rebuild Table 3 (standard and semantic task accuracy), and the image-to-model "
+                  "and open-set tables where runs have them, from run results.")
   parser.add_argument("--runs", nargs="+", required=True,
                       help="run directories, results.json files, or folders searched for them")
   parser.add_argument("--out", required=True, help="output directory")
@@ -538,20 +686,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   try:
     runs = load_runs(args.runs, latest=args.latest)
-    table = table3(runs, eval_name=args.eval)
+    grids = {"image_to_model": image_to_model_table(runs), "open_set": open_set_table(runs)}
+    try:
+      table = table3(runs, eval_name=args.eval)
+    except ValueError:
+      if not any(grids.values()):  # nothing to write at all
+        raise
+      table = None  # only OFA-style runs (open-set, image-to-model)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   os.makedirs(args.out, exist_ok=True)
-  markdown = to_markdown(table)
-  for name, text in (("table3.md", markdown), ("table3.csv", to_csv(table)),
-                     ("table3.tex", to_latex(table))):
+  outputs, printed = [], []
+  if table is not None:
+    markdown = to_markdown(table)
+    outputs += [("table3.md", markdown), ("table3.csv", to_csv(table)),
+                ("table3.tex", to_latex(table))]
+    printed.append(markdown)
+  for stem, grid in grids.items():
+    if grid is not None:
+      outputs += [(f"{stem}.md", grid_markdown(grid)), (f"{stem}.csv", grid_csv(grid))]
+      printed.append(grid_markdown(grid))
+  for name, text in outputs:
     with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
       f.write(text)
   write_confusion_plots(runs, args.out)
-  if not args.no_summaries:
+  if table is not None and not args.no_summaries:
     write_summaries(table, args.out, markdown)
-  print(markdown, end="")
+  print("\n".join(printed), end="")
   return 0
 
 

@@ -1,10 +1,11 @@
 """Benchmark tasks: what `configs/<method>.py:<task>` means, and the data a task trains on.
 
 Tasks are `standard`, `semantic1|2|3` (the paper's sub-tasks: cat, bedroom, FFHQ),
-`semantic:<class>` for any of the ten semantic classes, and `group` (a user's own folders split
-by groups such as prompts: test groups are never seen in training). A task names its manifest
-under `<data_dir>/splits/` (`standard`, `semantic_cat`, `group`, ...), written by
-`python -m data_prep.split`.
+`semantic:<class>` for any of the ten semantic classes, `openset0`..`openset4` or `openset:<k>`
+(open-set attribution, fold k: its generators are unknown, never trained on, and tested as
+`test_unknown`), and `group` (a user's own folders split by groups such as prompts: test groups
+are never seen in training). A task names its manifest under `<data_dir>/splits/` (`standard`,
+`semantic_cat`, `openset_fold2`, `group`, ...), written by `python -m data_prep.split`.
 """
 
 from __future__ import annotations
@@ -19,21 +20,32 @@ from iab_jax.data import generators, manifests, records
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  name: str  # canonical: "standard", "semantic:<class>" or "group"
-  protocol: str  # "standard" | "semantic" | "group"
+  name: str  # canonical: "standard", "semantic:<class>", "openset:<k>" or "group"
+  protocol: str  # "standard" | "semantic" | "openset" | "group"
   semantic: str | None = None  # the training class of a semantic task
+  fold: int | None = None  # the fold of an open-set task (its generators are the unknown ones)
 
   @property
   def manifest_name(self) -> str:
-    return manifests.manifest_name(self.protocol, semantic=self.semantic)
+    return manifests.manifest_name(self.protocol, semantic=self.semantic, fold=self.fold)
+
+
+OPENSET_FOLDS = 5  # data_prep.split's default number of open-set folds: openset0..openset4
 
 
 def parse_task(text: str) -> Task:
-  """'standard' | 'semantic1'..'semantic3' | 'semantic:<class>' | 'group' -> Task; clear error
-  otherwise."""
+  """'standard' | 'semantic1'..'semantic3' | 'semantic:<class>' | 'openset0'..'openset4' |
+  'openset:<k>' | 'group' -> Task; clear error otherwise."""
   text = text.strip()
   if text in ("standard", "group"):
     return Task(text, text)
+  if text.startswith("openset"):
+    rest = text[len("openset"):]
+    fold = rest[1:] if rest.startswith(":") else rest
+    if not fold.isdigit() or (not rest.startswith(":") and int(fold) >= OPENSET_FOLDS):
+      raise ValueError(f"task {text!r}: expected openset0..openset{OPENSET_FOLDS - 1} or "
+                       "openset:<fold>")
+    return Task(f"openset:{int(fold)}", "openset", fold=int(fold))
   if text.startswith("semantic:"):
     name = generators.semantic_name(text.split(":", 1)[1])
     if name is None:
@@ -48,7 +60,7 @@ def parse_task(text: str) -> Task:
     name = generators.SEMANTIC_TASKS[k]
     return Task(f"semantic:{name}", "semantic", name)
   raise ValueError(f"unknown task {text!r}; expected standard, semantic1, semantic2, semantic3, "
-                   "semantic:<class> or group")
+                   "semantic:<class>, openset0..openset4, openset:<fold> or group")
 
 
 @dataclasses.dataclass
@@ -98,6 +110,8 @@ def prepare_minibench(data_dir: str, task: Task) -> None:
       made = split.standard_split(ds)
     elif task.protocol == "semantic":
       made = split.semantic_split(ds, task.semantic)
+    elif task.protocol == "openset":
+      made = split.openset_split(ds, task.fold)
     else:
       raise ValueError(f"task {task.name}: the mini-bench has no groups; run "
                        "`python -m data_prep.split --protocol group` on your own data")
@@ -108,6 +122,8 @@ def _split_command(data_dir: str, task: Task, official: bool = False) -> str:
   command = f"python -m data_prep.split --data {data_dir} --protocol {task.protocol}"
   if task.protocol == "semantic":
     command += f" --semantic {task.semantic}"
+  if task.protocol == "openset":
+    command += f" --fold {task.fold}"
   if task.protocol == "group":
     command += " --test_groups N --val_groups N"
   return command + (" --official" if official else "")

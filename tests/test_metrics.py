@@ -299,3 +299,89 @@ def test_other_bad_inputs():
     metrics.binary_roc_auc(np.array([0.1, 0.2]), np.array([True]))
   with pytest.raises(ValueError, match="shape"):
     metrics.grouped_accuracy(np.array([True]), np.array(["a", "b"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Open-set: AUROC of known against unknown, and OSCR.
+
+
+def brute_force_oscr(confidence, correct, is_known):
+  """A threshold at every distinct confidence (and above all), CCR against FPR, trapezoids."""
+  points = [(0.0, 0.0)]
+  for t in sorted(set(confidence.tolist()), reverse=True):
+    accepted = confidence >= t
+    points.append(((accepted & ~is_known).sum() / (~is_known).sum(),
+                   (accepted & correct).sum() / is_known.sum()))
+  area = 0.0
+  for (f0, c0), (f1, c1) in zip(points, points[1:]):
+    area += (f1 - f0) * (c0 + c1) / 2
+  return area
+
+
+def pairwise_oscr(confidence, correct, is_known):
+  """The same area as a pair count: correct known above unknown, a tie counting one half."""
+  k = confidence[correct][:, None]
+  u = confidence[~is_known][None, :]
+  return float(((k > u) + 0.5 * (k == u)).sum() / (is_known.sum() * (~is_known).sum()))
+
+
+def open_set_case(seed, n=300, decimals=1):
+  rng = np.random.default_rng(seed)
+  is_known = rng.random(n) < 0.6
+  confidence = np.round(rng.random(n) + 0.3 * is_known, decimals)  # ties with decimals=1
+  correct = is_known & (rng.random(n) < 0.7)
+  return confidence, correct, is_known
+
+
+@pytest.mark.parametrize("seed, decimals", [(0, 1), (1, 1), (2, 6), (3, 2)])
+def test_oscr_matches_brute_force_threshold_sweep(seed, decimals):
+  confidence, correct, is_known = open_set_case(seed, decimals=decimals)
+  got = metrics.oscr(confidence, correct, is_known)
+  assert got == pytest.approx(brute_force_oscr(confidence, correct, is_known), abs=1e-12)
+  assert got == pytest.approx(pairwise_oscr(confidence, correct, is_known), abs=1e-12)
+  # Shuffling the examples changes nothing (ties enter together).
+  order = np.random.default_rng(seed).permutation(len(confidence))
+  assert metrics.oscr(confidence[order], correct[order], is_known[order]) == pytest.approx(got)
+
+
+def test_oscr_hand_made_cases():
+  is_known = np.array([True, True, True, True, False, False])
+  correct = np.array([True, True, True, False, False, False])
+  # Every known example above every unknown one: OSCR = closed-set accuracy (3/4).
+  confidence = np.array([0.9, 0.8, 0.7, 0.95, 0.2, 0.1])
+  assert metrics.oscr(confidence, correct, is_known) == pytest.approx(0.75)
+  # Every unknown above: 0.
+  assert metrics.oscr(-confidence, correct, is_known) == pytest.approx(0.0)
+  # One constant confidence says nothing: half the closed-set accuracy.
+  assert metrics.oscr(np.ones(6), correct, is_known) == pytest.approx(0.375)
+  # One unknown between the correct ones: CCR is 1/4 when it is accepted, 3/4 after the second.
+  confidence = np.array([0.9, 0.5, 0.3, 0.95, 0.6, 0.1])
+  assert metrics.oscr(confidence, correct, is_known) == pytest.approx((1 / 4 + 3 / 4) / 2)
+  fpr, ccr = metrics.oscr_curve(confidence, correct, is_known)
+  assert fpr[0] == ccr[0] == 0 and fpr[-1] == 1 and ccr[-1] == pytest.approx(0.75)
+
+
+def test_oscr_of_random_confidence_is_half_the_accuracy():
+  rng = np.random.default_rng(0)
+  n = 20000
+  is_known = rng.random(n) < 0.5
+  correct = is_known & (rng.random(n) < 0.8)
+  got = metrics.oscr(rng.random(n), correct, is_known)
+  assert got == pytest.approx(0.5 * correct.sum() / is_known.sum(), abs=0.01)
+
+
+def test_oscr_bad_inputs():
+  with pytest.raises(ValueError, match="known and unknown"):
+    metrics.oscr(np.ones(3), np.ones(3, bool), np.ones(3, bool))
+  with pytest.raises(ValueError, match="unknown example as correctly"):
+    metrics.oscr(np.ones(2), np.array([True, True]), np.array([True, False]))
+  with pytest.raises(ValueError, match="NaN"):
+    metrics.oscr(np.array([np.nan, 1.0]), np.array([True, False]), np.array([True, False]))
+
+
+@pytest.mark.parametrize("seed, decimals", [(0, 1), (5, 6)])
+def test_open_set_auroc_matches_sklearn(seed, decimals):
+  confidence, _, is_known = open_set_case(seed, decimals=decimals)
+  assert metrics.open_set_auroc(confidence, is_known) == pytest.approx(
+      skm.roc_auc_score(is_known, confidence), abs=1e-12)
+  assert np.isnan(metrics.open_set_auroc(confidence[is_known], is_known[is_known]))

@@ -383,3 +383,93 @@ def test_group_runs_fill_the_standard_columns_in_their_own_row():
   assert table.values[0, clean] == pytest.approx(90.0)
   assert table.values[1, clean] == pytest.approx(40.0)
   assert table.methods == ("resnet50", "resnet50:group")
+
+
+# ---------------------------------------------------------------------------------------------
+# OFA's tables: image-to-model (Tables 1-2) and open-set (Tables 4-5).
+
+
+def i2m_entry(per_target: dict) -> dict:
+  values = list(per_target.values())
+  return {"level": 0, "level_name": "clean", "auc_ovo_per_target": per_target,
+          "auc_ovo_mean": float(np.mean(values)), "auc_ovo_std": float(np.std(values)),
+          "auc_ovo": {}, "auc_ovr": {}, "auc_ovr_mean": 0.5, "auc_ovr_std": 0.0}
+
+
+def open_set_entry(acc, auroc, oscr) -> dict:
+  return {"level": 0, "level_name": "clean", "closed_set_accuracy": acc, "auroc": auroc,
+          "oscr": oscr, "num_known": 10, "num_unknown": 5, "per_unknown_generator": {}}
+
+
+def ofa_runs() -> list[dict]:
+  runs = []
+  ofa = make_run("ofa", "standard", [0.9] * 7)
+  ofa["method_display"] = "OFA"
+  ofa["evals"]["i2m"] = {"split": "test", "levels": {"0": i2m_entry(
+      {"SD_v1.5": 0.9, "DALLE-3": 0.8, "4o": 0.7})}}
+  runs.append(ofa)
+  clip = make_run("clip_lr", "standard", [0.5] * 7)
+  clip["method_display"] = "CLIP-LR"
+  clip["evals"]["i2m"] = {"split": "test", "levels": {"0": i2m_entry({"SD_v1.5": 0.6,
+                                                                      "4o": 0.5})}}
+  runs.append(clip)
+  folds = {("ofa", 0): (0.98, 0.90, 0.88), ("ofa", 1): (0.96, 0.80, 0.78),
+           ("resnet50", 0): (0.9, 0.7, 0.65)}
+  for (method, fold), numbers in folds.items():
+    run = make_run(method, f"openset:{fold}", [numbers[0]] * 7)
+    run["evals"]["openset"] = {"split": "test", "unknown_split": "test_unknown",
+                               "levels": {"0": open_set_entry(*numbers)}}
+    runs.append(run)
+  return runs
+
+
+def test_image_to_model_table():
+  table = report.image_to_model_table(ofa_runs())
+  assert table.rows == ("4o", "DALLE-3", "SD_v1.5", "Avg")  # the registry's class order
+  assert table.columns == ("OFA (standard)", "CLIP-LR (standard)")
+  np.testing.assert_allclose(table.values[:3], [[70, 50], [80, np.nan], [90, 60]])
+  np.testing.assert_allclose(table.values[3], [80, 55])
+  np.testing.assert_allclose(table.stds[3], [np.std([90, 80, 70]), 5])
+  assert np.isnan(table.stds[:3]).all()
+  md = report.grid_markdown(table)
+  assert "| 4o | 70.00 | 50.00 |" in md and "| DALLE-3 | 80.00 | – |" in md
+  assert f"| Avg | 80.00±{np.std([90, 80, 70]):.2f} | 55.00±5.00 |" in md
+  rows = list(csv.reader(io.StringIO(report.grid_csv(table))))
+  assert rows[0] == ["generator", "OFA (standard)", "OFA (standard) std", "CLIP-LR (standard)",
+                     "CLIP-LR (standard) std"]
+  assert rows[2][:3] == ["DALLE-3", "80.0", ""] and float(rows[4][4]) == pytest.approx(5.0)
+  assert report.image_to_model_table([make_run("resnet50", "standard", [0.5] * 7)]) is None
+
+
+def test_open_set_table():
+  table = report.open_set_table(ofa_runs())
+  assert table.rows == ("ofa", "ResNet-50")
+  assert table.columns == ("Closed acc", "Fold 0 AUROC", "Fold 0 OSCR", "Fold 1 AUROC",
+                           "Fold 1 OSCR", "Avg AUROC", "Avg OSCR")
+  np.testing.assert_allclose(table.values[0], [97, 90, 88, 80, 78, 85, 83])
+  np.testing.assert_allclose(table.stds[0, [0, 5, 6]], [1, 5, 5])
+  np.testing.assert_allclose(table.values[1], [90, 70, 65, np.nan, np.nan, 70, 65])
+  md = report.grid_markdown(table)
+  assert "| ofa | 97.00±1.00 | 90.00 | 88.00 | 80.00 | 78.00 | 85.00±5.00 | 83.00±5.00 |" in md
+  assert "| ResNet-50 | 90.00±0.00 | 70.00 | 65.00 | – | – | 70.00±0.00 | 65.00±0.00 |" in md
+  assert report.open_set_table([make_run("resnet50", "standard", [0.5] * 7)]) is None
+
+
+def test_cli_writes_the_ofa_tables(tmp_path, capsys):
+  runs = tmp_path / "runs"
+  for i, run in enumerate(ofa_runs()):
+    write_run(runs, f"run{i}", run)
+  out = tmp_path / "out"
+  assert report.main(["--runs", str(runs), "--out", str(out), "--no_summaries"]) == 0
+  printed = capsys.readouterr().out
+  for name in ("table3.md", "image_to_model.md", "image_to_model.csv", "open_set.md",
+               "open_set.csv"):
+    assert (out / name).read_text(encoding="utf-8") in printed or name.endswith(".csv")
+  # Open-set runs alone: no Table 3, still the open-set table.
+  only = tmp_path / "only"
+  write_run(only, "a", ofa_runs()[2])
+  assert report.main(["--runs", str(only), "--out", str(tmp_path / "out2"),
+                      "--no_summaries"]) == 0
+  written = sorted(os.listdir(tmp_path / "out2"))
+  assert written == ["confusion_ofa_openset_0_test.png", "open_set.csv", "open_set.md"]
+  assert "| ofa | 98.00±0.00 | 90.00 | 88.00 |" in capsys.readouterr().out

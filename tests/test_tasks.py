@@ -35,3 +35,48 @@ def test_missing_manifest_says_how_to_make_it(tiny_bench):
   assert data.classes[0] == "real" and len(data.positions("train")) > 0
   with pytest.raises(ValueError, match="no split 'holdout'"):
     data.positions("holdout")
+
+
+@pytest.mark.parametrize("text, fold", [("openset0", 0), ("openset4", 4), ("openset:2", 2),
+                                        ("openset:7", 7)])
+def test_parse_openset(text, fold):
+  task = tasks.parse_task(text)
+  assert (task.name, task.protocol, task.fold) == (f"openset:{fold}", "openset", fold)
+  assert task.manifest_name == f"openset_fold{fold}"
+  assert tasks.parse_task(task.name) == task  # the canonical name parses to itself
+
+
+@pytest.mark.parametrize("text", ["openset5", "openset:", "openset:x", "openset-1"])
+def test_unknown_openset(text):
+  with pytest.raises(ValueError, match="openset"):
+    tasks.parse_task(text)
+
+
+def test_openset_task_config_and_minibench_manifest(tiny_bench, tmp_path):
+  import shutil
+
+  from configs import common
+
+  config = common.task_config("openset1", method="resnet50")
+  assert config.task == "openset:1"
+  assert config.evals.test.type == "classification" and config.evals.test.levels == tuple(range(7))
+  assert dict(config.evals.openset) == {"type": "open_set", "split": "test",
+                                        "unknown_split": "test_unknown", "levels": (0,)}
+  with pytest.raises(ValueError, match="official"):
+    common.task_config("openset1,official", method="resnet50")
+  with pytest.raises(FileNotFoundError, match="--protocol openset --fold 1"):
+    tasks.load(common.input_config(tiny_bench), tasks.parse_task("openset1"))
+
+  # prepare_minibench writes the fold's manifest next to an existing dataset.
+  root = str(tmp_path / "bench")
+  shutil.copytree(tiny_bench, root, ignore=shutil.ignore_patterns("splits", "features"))
+  task = tasks.parse_task("openset1")
+  tasks.prepare_minibench(root, task)
+  data = tasks.load(common.input_config(root), task)
+  unknown = data.manifest.options["unknown"]
+  assert unknown and not set(unknown) & set(data.classes) and "real" in data.classes
+  for split in ("train", "val", "test"):
+    assert (data.labels[data.positions(split)] >= 0).all()
+  assert (data.labels[data.positions("test_unknown")] == -1).all()
+  generator = data.dataset.column("generator").astype(str)
+  assert set(generator[data.positions("test_unknown")]) == set(unknown)

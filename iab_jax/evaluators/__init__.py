@@ -12,6 +12,8 @@ from typing import Any
 
 _REGISTRY = {
     "classification": "iab_jax.evaluators.classification:Evaluator",
+    "image_to_model": "iab_jax.evaluators.image_to_model:Evaluator",
+    "open_set": "iab_jax.evaluators.open_set:Evaluator",
 }
 
 

@@ -5,7 +5,10 @@ decoded original before the method's eval transform), scored by the method's `pr
 jitted, data-parallel step, and gathered on every process; the metrics (iab_jax.metrics) are
 top-1 accuracy, macro one-vs-rest AUC and AP, the confusion matrix, and accuracy per generator,
 per semantic class and, when the records carry groups (a user's folders ingested with
---group_from), per group. Padding added to fill the last global batch is masked out.
+--group_from), per group. Padding added to fill the last global batch is masked out. A method
+with a reject class (Method.reject_class) is scored on its first num_classes columns.
+
+`Runner`, the batching and compiled step, also serves the open-set and image-to-model evaluators.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from iab_jax import console, features as features_lib, metrics, sharding
 from iab_jax.data import degradations, generators, pipeline
 
 
-# Compiled prediction steps per method, then per (mesh, batch shapes): a run's validation and
+# Compiled steps per method, then per (step function, mesh, batch shapes): a run's validation and
 # test evaluators, and the degradation levels, share one compilation.
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -30,58 +33,62 @@ _PASSED = ("label", "semantic", "position", "mask")  # returned with the scores,
 _INPUTS = ("image", "levels", "features")  # what predict may read
 
 
-def _predict_step(method, variables, batch):
-  scores = method.predict(variables, {k: batch[k] for k in _INPUTS if k in batch})
+def _step(fn, method, variables, batch):
+  """One batch of a Runner: fn's outputs (an array: "scores"; a dict: its entries) and _PASSED."""
+  values = fn(method, variables, {k: batch[k] for k in _INPUTS if k in batch})
   out = {k: batch[k] for k in _PASSED}
-  if isinstance(scores, dict):  # several prediction rules: "scores/<rule>"
-    out.update({f"{_RULE}{rule}": v for rule, v in scores.items()})
-  else:
-    out["scores"] = scores
+  out.update(values if isinstance(values, dict) else {"scores": values})
   return out
+
+
+def _predict_step(method, variables, inputs):
+  scores = method.predict(variables, inputs)
+  if isinstance(scores, dict):  # several prediction rules: "scores/<rule>"
+    return {f"{_RULE}{rule}": v for rule, v in scores.items()}
+  return scores
 
 
 _RULE = "scores/"
 _RULE_METRICS = ("accuracy", "auc_macro", "ap_macro")
 
 
-class Evaluator:
+class Runner:
+  """Runs a per-batch function of a method (its predict, its embed) jitted and data-parallel over
+  chosen records of a split at one degradation level, and gathers the outputs on every host.
+
+  `fn(method, variables, inputs)` receives what the method may read (`_INPUTS`) and returns an
+  array or a dict of arrays per example; the runner adds the records' label, semantic id and
+  position and drops the padding of the last global batch. A method that reads no pixels gets its
+  cached features (the run's features.Provider) and no images are decoded. Every evaluator of a
+  run shares one compilation per (function, batch shapes).
+  """
 
   def __init__(self, *, name: str, method, data, mesh, transform: str, batch_size: int,
-               split: str = "test", levels: Sequence[int] = (0,), reading=None,
-               max_examples: int = 0, features=None):
-    """max_examples: score only that many of the split's records, evenly spread (0: all).
-    features: the run's features.Provider when the method reads frozen features."""
+               reading=None, features=None):
     self.name, self.method, self.data, self.mesh = name, method, data, mesh
-    self.split, self.transform, self.batch_size = split, transform, batch_size
-    self.levels = [degradations.check_level(k) for k in levels]
+    self.transform, self.batch_size = transform, batch_size
     self.reading = dict(reading or {})  # pipeline.make_dataset's reading keywords
-    self.max_examples = int(max_examples or 0)
-    self.positions = features_lib.spread(data.positions(split), self.max_examples)
     self.features = features if features else None
     sharding.check_batch_size(batch_size, f"evals.{name}.batch_size")
-    groups = data.dataset.column("group").astype(str)
-    self.groups = groups if (groups != "").any() else None
 
-  def _step(self, variables, batch):
-    key = (self.mesh, tuple((jax.tree_util.keystr(path), v.shape, v.dtype.name)
-                            for path, v in jax.tree_util.tree_leaves_with_path(batch)))
+  def step(self, fn, variables, batch):
+    key = (fn, self.mesh, tuple((jax.tree_util.keystr(path), v.shape, v.dtype.name)
+                                for path, v in jax.tree_util.tree_leaves_with_path(batch)))
     compiled = _COMPILED.setdefault(self.method, {})
     if key not in compiled:  # ahead of time, so that the log can say so
       repl = sharding.replicated(self.mesh)
-      step = jax.jit(functools.partial(_predict_step, self.method),
+      step = jax.jit(functools.partial(_step, fn, self.method),
                      in_shardings=(repl, sharding.batch_sharded(self.mesh)), out_shardings=repl)
       with console.Timer() as t:
         compiled[key] = step.lower(variables, batch).compile()
-      console.say("compiled the %s prediction step in %.1f s", self.name, t.seconds)
+      what = fn.__name__.strip("_").removesuffix("_step").replace("predict", "prediction")
+      console.say("compiled the %s %s step in %.1f s", self.name, what, t.seconds)
     return compiled[key](variables, batch)
 
-  def _feature_batches(self, level: int):
+  def _feature_batches(self, split: str, positions: np.ndarray, level: int, limit: int):
     """Batches of cached features alone (a method that reads no pixels), in the layout the
     pipeline gives, this process's slice of each global batch."""
-    import jax
-
-    tables = self.features.tables(self.split, level, self.max_examples)
-    positions = self.positions
+    tables = self.features.tables(split, level, limit)
     pad = -len(positions) % self.batch_size
     mask = np.concatenate([np.ones(len(positions), bool), np.zeros(pad, bool)])
     positions = np.concatenate([positions, np.repeat(positions[:1], pad)])
@@ -95,14 +102,20 @@ class Evaluator:
              "mask": mask[start:start + self.batch_size][index::count],
              "features": {k: t.lookup(where) for k, t in tables.items()}}
 
-  def predictions(self, variables, level: int) -> dict[str, np.ndarray]:
-    """Scores, labels, semantic ids and positions of every (unpadded) example at `level`."""
+  def outputs(self, variables, fn, *, split: str, positions: np.ndarray, level: int,
+              limit: int = 0) -> dict[str, np.ndarray]:
+    """fn's outputs, labels, semantic ids and positions of the records at `positions` (records of
+    `split`, in that order) at degradation `level`. `limit`: the max_examples of the split's
+    feature tables that hold these records (0: the whole split's)."""
+    positions = np.asarray(positions, np.int64)
+    if not len(positions):
+      raise ValueError(f"evals.{self.name}: no records of split {split!r} to score")
     parts = []
     if self.features is not None and not self.method.uses_images:
-      for batch in self._feature_batches(level):
-        parts.append(self._step(variables, sharding.global_batch(batch, self.mesh)))
+      for batch in self._feature_batches(split, positions, level, limit):
+        parts.append(self.step(fn, variables, sharding.global_batch(batch, self.mesh)))
     else:
-      ds = pipeline.make_dataset(self.data.dataset, self.positions, self.data.labels,
+      ds = pipeline.make_dataset(self.data.dataset, positions, self.data.labels,
                                  self.transform, batch_size=self.batch_size, train=False,
                                  degradation=level, **self.reading)
       it = iter(ds)
@@ -110,13 +123,47 @@ class Evaluator:
         for batch in it:
           batch = {k: batch[k] for k in ("image", "levels", *_PASSED)}
           if self.features is not None:
-            batch = self.features.add(batch, self.split, level, self.max_examples)
-          parts.append(self._step(variables, sharding.global_batch(batch, self.mesh)))
+            batch = self.features.add(batch, split, level, limit)
+          parts.append(self.step(fn, variables, sharding.global_batch(batch, self.mesh)))
       finally:
         pipeline.close(it)
     out = {k: np.concatenate([p[k] for p in sharding.to_host(parts)]) for k in parts[0]}
     keep = out.pop("mask")
     return {k: v[keep] for k, v in out.items()}
+
+
+def known_columns(method, scores: np.ndarray) -> np.ndarray:
+  """The scores of the run's classes: a method with a reject class (Method.reject_class) returns
+  one more column, "none of them", which closed-set metrics do not read."""
+  if method.reject_class:
+    if scores.shape[-1] != method.num_classes + 1:
+      raise ValueError(f"{method.display_name} has a reject class, so predict should return "
+                       f"{method.num_classes + 1} columns; it returned {scores.shape[-1]}")
+    return scores[..., :method.num_classes]
+  return scores
+
+
+class Evaluator:
+
+  def __init__(self, *, name: str, method, data, mesh, transform: str, batch_size: int,
+               split: str = "test", levels: Sequence[int] = (0,), reading=None,
+               max_examples: int = 0, features=None):
+    """max_examples: score only that many of the split's records, evenly spread (0: all).
+    features: the run's features.Provider when the method reads frozen features."""
+    self.name, self.method, self.data, self.mesh = name, method, data, mesh
+    self.split, self.transform, self.batch_size = split, transform, batch_size
+    self.levels = [degradations.check_level(k) for k in levels]
+    self.max_examples = int(max_examples or 0)
+    self.positions = features_lib.spread(data.positions(split), self.max_examples)
+    self.runner = Runner(name=name, method=method, data=data, mesh=mesh, transform=transform,
+                         batch_size=batch_size, reading=reading, features=features)
+    groups = data.dataset.column("group").astype(str)
+    self.groups = groups if (groups != "").any() else None
+
+  def predictions(self, variables, level: int) -> dict[str, np.ndarray]:
+    """Scores, labels, semantic ids and positions of every (unpadded) example at `level`."""
+    return self.runner.outputs(variables, _predict_step, split=self.split,
+                               positions=self.positions, level=level, limit=self.max_examples)
 
   def run(self, variables, quiet: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {"split": self.split, "num_examples": int(len(self.positions)),
@@ -126,7 +173,10 @@ class Evaluator:
       p = self.predictions(variables, level)
       known = p["label"] >= 0  # records whose generator is outside the label map are not scored
       semantic_names = np.array([*generators.SEMANTIC_ORDER, "unknown"])[p["semantic"][known]]
-      rules = {k[len(_RULE):]: v for k, v in p.items() if k.startswith(_RULE)}
+      rules = {k[len(_RULE):]: known_columns(self.method, v) for k, v in p.items()
+               if k.startswith(_RULE)}
+      if not rules:
+        p["scores"] = known_columns(self.method, p["scores"])
       if rules:
         p["scores"] = self.method.headline(rules)
       m = metrics.classification_metrics(p["scores"][known], p["label"][known],
@@ -157,11 +207,17 @@ class Evaluator:
     return results
 
 
+# The headline numbers of each evaluator type's levels: classification, open-set (open_set.py),
+# image-to-model (image_to_model.py).
+_SCALARS = ("accuracy", "auc_macro", "ap_macro", "closed_set_accuracy", "auroc", "oscr",
+            "auc_ovo_mean", "auc_ovr_mean")
+
+
 def scalars(name: str, results: dict[str, Any]) -> dict[str, float]:
   """The headline numbers of `run`'s results as flat scalars for the metric writers."""
   out = {}
-  for level, m in results["levels"].items():
-    for key in ("accuracy", "auc_macro", "ap_macro"):
+  for level, m in results.get("levels", {}).items():
+    for key in _SCALARS:
       if m.get(key) is not None:
         out[f"{name}/level{level}/{key}"] = float(m[key])
   if results.get("mean_degraded_accuracy") is not None:
