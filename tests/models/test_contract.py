@@ -37,8 +37,12 @@ SMALL = {
     "dncnn": (dict(depth=3, width=8), 16),
     "patchcraft": (dict(width=8, stage_convs=(1, 1, 1, 1)), 32),
     "dna_det": (dict(widths=(8, 8, 16, 16), proj_dim=8), 32),
+    "ofa_extractor": (dict(stage_sizes=(1, 1, 1, 1), width=8, embed_dim=16), 32),
 }
-NOT_MODELS = {"lpips": "LPIPS"}  # a distance between two images, not a network over one
+NOT_MODELS = {  # not a network over one image to classes or features
+    "lpips": "LPIPS",  # a distance between two images
+    "ofa_simulator": "Simulator",  # a reconstruction through an architecture given per call
+}
 
 
 def _modules():
