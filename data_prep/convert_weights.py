@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-_WRAPPERS = ("state_dict", "model", "params", "model_state_dict", "net")
+_WRAPPERS = ("state_dict", "model", "params", "model_state_dict", "net", "network")
 
 
 def state_dict(obj: Any) -> dict[str, Any]:

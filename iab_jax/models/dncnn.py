@@ -1,4 +1,4 @@
-"""DnCNN residual denoiser (Zhang et al. 2017) in Flax Linen, with deepinv's and KAIR's weights.
+"""DnCNN residual denoiser (Zhang et al. 2017) in Flax Linen: deepinv's, KAIR's, Corvi's weights.
 
 OFA's fingerprint extractor does not look at images but at the noise residual a pretrained
 denoiser finds in them (then at its log-magnitude spectrum), so this module's job is that residual.
@@ -11,14 +11,22 @@ The public checkpoints differ from the paper's 17 layers with batch norm:
     forward adds the last conv's output to the input, i.e. that conv predicts -r;
   - KAIR's released DnCNNs (dncnn_15/25/50 depth 17, dncnn_color_blind depth 20) have their batch
     norms merged into the convs (act_mode "R"); KAIR's training layout ("BR") keeps them, with
-    eps 1e-4 and torch momentum 0.9, and `batch_norm=True` reproduces it.
+    eps 1e-4 and torch momentum 0.9, and `batch_norm=True` reproduces it;
+  - Corvi et al.'s sigma=1 denoiser (the noise residuals of "Intriguing properties of synthetic
+    images" and of OFA's fingerprint extractor, CHECKPOINTS["dncnn_corvi_sigma1"]): depth 17, 64
+    features, batch norm (torch eps 1e-5, momentum 0.1) on layers 2..16 whose convs have no bias,
+    ReLU, a linear last conv, and *valid* convolutions (padding 0: every layer trims one pixel per
+    side, 256 -> 222). Its last conv predicts the noise times 256/sigma = 256: the residual in
+    image units is net(x) / 256 and the denoised image x[17:-17, 17:-17] - net(x) / 256. Here
+    aux["residual"] is always the last conv's output in the network's own units, and
+    `residual_scale` (256 for Corvi's, 1 for the others) is what the denoised output divides it by.
 Names and the mapping from the reference state dicts (i = 0 .. depth - 3):
 
-  deepinv                  KAIR "R"             KAIR "BR"           Flax
-  in_conv.*                model.0.*            model.0.*           {params}/in_conv/*
-  conv_list.<i>.*          model.<2i+2>.*       model.<3i+2>.*      params/conv_<i>/*
-  -                        -                    model.<3i+3>.*      {params,batch_stats}/bn_<i>/*
-  out_conv.* (negated)     model.<2d-2>.*       model.<3d-4>.*      params/out_conv/*
+  deepinv               KAIR "R"        KAIR "BR"       Corvi          Flax
+  in_conv.*             model.0.*       model.0.*       0.*            params/in_conv/*
+  conv_list.<i>.*       model.<2i+2>.*  model.<3i+2>.*  <3i+2>.weight  params/conv_<i>/*
+  -                     -               model.<3i+3>.*  <3i+3>.*       {params,batch_stats}/bn_<i>/*
+  out_conv.* (negated)  model.<2d-2>.*  model.<3d-4>.*  <3d-4>.*       params/out_conv/*
 
 deepinv's out_conv is negated on conversion (exact in floating point), so that out_conv means the
 same thing whatever the source.
@@ -62,6 +70,27 @@ CHECKPOINTS = {
         notes="KAIR's blind colour Gaussian denoiser (RGB in [0, 1]); a GitHub release asset, "
               "not on Hugging Face. A pickle: convert to safetensors with KAIR's key names "
               "(model.<i>.*) by the data_prep tool."),
+    "dncnn_corvi_sigma1": dict(
+        source="https://github.com/grip-unina/SyntheticImagesAnalysis/raw/"
+               "5343a64ab045bca067e875a267739eb236394aaf/DenoiserWeight/model_best.th",
+        filename="model_best.th",
+        layout="GRIP-UNINA DnCNN.make_net(3, 17 layers, 64 features, bns on layers 2..16, "
+               "relu, last linear, bn_momentum=0.1, padding=0): nn.Sequential keys <i>.*, "
+               "under checkpoint['network']",
+        arch=dict(depth=17, width=64, padding=0, batch_norm=True, bn_conv_bias=False,
+                  bn_epsilon=1e-5, bn_momentum=0.9, residual_scale=256.0),
+        preprocess="normalize('unit')",
+        notes="Corvi et al.'s sigma=1 colour denoiser (RGB in [0, 1]; their own scripts divide "
+              "by 256, OFA's map [-1, 1] to [0, 1]), used by \"Intriguing properties of "
+              "synthetic images\" (CVPRW 2023) and by OFA's fingerprint extractor (denoiser.py, "
+              "weights_path model_best.th, residual = network(x) / 256). Published as "
+              "DenoiserWeight/model_best.th inside a Google Drive zip (README of "
+              "grip-unina/SyntheticImagesAnalysis: drive.google.com/file/d/"
+              "1MvnHmtinwL1kNAUl1ikHsPKz5XIfCpFx) and committed in that repo at 5343a64 (removed "
+              "later): 2,272,573 bytes, sha256 bf8e302573ca412c3d59d1271fb4b185242f582dee676e734a"
+              "9995b7436fbfdf; {'network': state dict, 'global_step': 39}; 558,403 parameters. "
+              "GRIP's non-commercial licence. A pickle: convert to safetensors by the data_prep "
+              "tool (unwrapping 'network')."),
 }
 
 
@@ -78,9 +107,12 @@ class Model(nn.Module):
   """DnCNN; the defaults are deepinv's DnCNN (depth 20, 64 features, biases, no batch norm).
 
   Input: (N, H, W, channels) images as the checkpoint expects them (RGB in [0, 1] for the public
-  ones); any H, W. Returns (denoised, aux): the denoised image x - r (N, H, W, channels) float32,
-  aux["residual"] the predicted noise r float32, aux["features"] the last hidden feature map
-  averaged over space (N, width) float32. A denoiser has no classifier: num_classes must be 0.
+  ones); any H, W (> 2 * depth with padding 0). Returns (denoised, aux): the denoised image
+  x - r / residual_scale float32, aux["residual"] the last conv's output r (the predicted noise,
+  times residual_scale) float32, aux["features"] the last hidden feature map averaged over space
+  (N, width) float32. With padding 1 they are (N, H, W, channels); with padding 0 (valid convs)
+  (N, H - 2 * depth, W - 2 * depth, channels), x being cropped by `depth` pixels per side to
+  match. A denoiser has no classifier: num_classes must be 0.
   """
   num_classes: int = 0
   depth: int = 20
@@ -88,6 +120,13 @@ class Model(nn.Module):
   channels: int = 3
   bias: bool = True
   batch_norm: bool = False
+  padding: int = 1  # per side and per conv: 1 keeps the size, 0 is Corvi's valid convolution
+  bn_conv_bias: bool = True  # whether the convs before a batch norm have biases (Corvi's: no)
+  # Flax's momentum, the running average's own weight: KAIR's torch momentum 0.9 is 0.1 here,
+  # Corvi's torch default 0.1 is 0.9.
+  bn_momentum: float = 0.1
+  bn_epsilon: float = 1e-4  # KAIR's; Corvi's is torch's default 1e-5
+  residual_scale: float = 1.0  # the last conv predicts residual_scale x the noise (Corvi's: 256)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -97,24 +136,34 @@ class Model(nn.Module):
                        f"{self.num_classes}")
     if self.depth < 2:
       raise ValueError(f"DnCNN needs depth >= 2 (an input and an output conv), got {self.depth}")
+    if self.padding not in (0, 1):
+      raise ValueError(f"DnCNN padding must be 1 (same size) or 0 (valid), got {self.padding}")
+    crop = self.depth * (1 - self.padding)  # pixels lost per side
+    if min(x.shape[1:3]) <= 2 * crop:
+      raise ValueError(f"a {x.shape[1]}x{x.shape[2]} input leaves nothing after {self.depth} "
+                       f"valid 3x3 convs")
 
-    def conv(features: int, fan_in: int, name: str):
-      return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.bias,
+    def conv(features: int, fan_in: int, name: str, use_bias: bool = self.bias):
+      p = self.padding
+      return nn.Conv(features, (3, 3), padding=((p, p), (p, p)), use_bias=use_bias,
                      dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_kernel_init,
                      bias_init=_bias_init(fan_in * 9), name=name)
 
     x = x.astype(jnp.float32)
     h = nn.relu(conv(self.width, x.shape[-1], "in_conv")(x.astype(self.dtype)))
+    middle_bias = self.bias and (self.bn_conv_bias or not self.batch_norm)
     for i in range(self.depth - 2):
-      h = conv(self.width, self.width, f"conv_{i}")(h)
+      h = conv(self.width, self.width, f"conv_{i}", middle_bias)(h)
       if self.batch_norm:
-        # KAIR's BatchNorm2d(momentum=0.9, eps=1e-4): torch's momentum is the new batch's weight.
-        h = BatchNorm(use_running_average=not train, momentum=0.1, epsilon=1e-4,
-                      dtype=self.dtype, name=f"bn_{i}")(h)
+        h = BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                      epsilon=self.bn_epsilon, dtype=self.dtype, name=f"bn_{i}")(h)
       h = nn.relu(h)
     residual = conv(self.channels, self.width, "out_conv")(h).astype(jnp.float32)
     features = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
-    return x - residual, {"residual": residual, "features": features}
+    if crop:
+      x = x[:, crop:x.shape[1] - crop, crop:x.shape[2] - crop]
+    denoised = x - residual / self.residual_scale  # exact for the scale 1 of the other nets
+    return denoised, {"residual": residual, "features": features}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,6 +248,29 @@ def from_kair(state: Mapping[str, np.ndarray], *, depth: int = 20, width: int = 
                   channels)
 
 
+def from_corvi(state: Mapping[str, np.ndarray], *, depth: int = 17, width: int = 64,
+               channels: int = 3) -> dict[str, Any]:
+  """Maps Corvi et al.'s DnCNN state dict (GRIP's make_net nn.Sequential, checkpoint["network"])
+  to Flax {"params", "batch_stats"} of Model(**CHECKPOINTS["dncnn_corvi_sigma1"]["arch"]).
+
+  Sequential indices: 0 the first conv (bias), 1 its ReLU; then per middle layer i a conv without
+  bias at 3i + 2, its BatchNorm2d at 3i + 3 and a ReLU; the last conv (bias, no activation) at
+  3 (depth - 2) + 2.
+  """
+  keys = {"0.weight": ("params", "in_conv", "kernel"), "0.bias": ("params", "in_conv", "bias")}
+  for i in range(depth - 2):
+    keys[f"{3 * i + 2}.weight"] = ("params", f"conv_{i}", "kernel")
+    bn = 3 * i + 3
+    keys[f"{bn}.weight"] = ("params", f"bn_{i}", "scale")
+    keys[f"{bn}.bias"] = ("params", f"bn_{i}", "bias")
+    keys[f"{bn}.running_mean"] = ("batch_stats", f"bn_{i}", "mean")
+    keys[f"{bn}.running_var"] = ("batch_stats", f"bn_{i}", "var")
+  last = 3 * (depth - 2) + 2
+  keys[f"{last}.weight"] = ("params", "out_conv", "kernel")
+  keys[f"{last}.bias"] = ("params", "out_conv", "bias")
+  return _convert(state, keys, f"Corvi DnCNN(depth={depth}, features={width})", width, channels)
+
+
 def _depth_of(params: Mapping[str, Any]) -> int:
   return sum(name.startswith("conv_") for name in params) + 2
 
@@ -208,26 +280,31 @@ def load_pretrained(variables: dict[str, Any], path: str | os.PathLike, *,
   """Returns `variables` with DnCNN weights from a safetensors file.
 
   layout: "deepinv" (in_conv / conv_list / out_conv keys, e.g. converted from deepinv/dncnn's
-  dncnn_sigma2_color.pth), "kair" (model.<i> keys, e.g. KAIR's dncnn_color_blind.pth), or None to
-  tell them apart by their first conv's key. The architecture (depth, width, channels, bias, batch
-  norm) is read off `variables`, arrays or jax.ShapeDtypeStructs; any difference with the file is
-  an error naming the key.
+  dncnn_sigma2_color.pth), "kair" (model.<i> keys, e.g. KAIR's dncnn_color_blind.pth), "corvi"
+  (<i> keys, GRIP's model_best.th), or None to tell them apart by their first conv's key. The
+  architecture (depth, width, channels, bias, batch norm) is read off `variables`, arrays or
+  jax.ShapeDtypeStructs; any difference with the file is an error naming the key.
   """
-  if layout not in (None, "deepinv", "kair"):
-    raise ValueError(f"unknown DnCNN layout {layout!r}; known: deepinv, kair")
+  if layout not in (None, "deepinv", "kair", "corvi"):
+    raise ValueError(f"unknown DnCNN layout {layout!r}; known: deepinv, kair, corvi")
   state = _loading.read_safetensors(
       path, "a DnCNN safetensors file with deepinv's key names (converted from "
-      "dncnn_sigma2_color.pth of deepinv/dncnn on Hugging Face) or KAIR's (from "
-      "dncnn_color_blind.pth of github.com/cszn/KAIR releases)")
+      "dncnn_sigma2_color.pth of deepinv/dncnn on Hugging Face), KAIR's (from "
+      "dncnn_color_blind.pth of github.com/cszn/KAIR releases) or Corvi et al.'s (from "
+      "model_best.th of grip-unina/SyntheticImagesAnalysis)")
   if layout is None:
-    layout = "kair" if "model.0.weight" in state and "in_conv.weight" not in state else "deepinv"
+    layout = "deepinv"
+    if "in_conv.weight" not in state:
+      layout = "kair" if "model.0.weight" in state else "corvi" if "0.weight" in state else layout
   params = variables["params"]
   arch = dict(depth=_depth_of(params), width=params["in_conv"]["kernel"].shape[-1],
               channels=params["out_conv"]["kernel"].shape[-1])
   if layout == "deepinv":
     converted = from_deepinv(state, bias="bias" in params["in_conv"], **arch)
-  else:
+  elif layout == "kair":
     converted = from_kair(state, batch_norm=bool(variables.get("batch_stats")), **arch)
+  else:
+    converted = from_corvi(state, **arch)
   return _loading.merge(variables, converted, path=os.fspath(path))
 
 
