@@ -21,6 +21,9 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "patch_forensics": ("PatchForensics", "iab_jax.methods.patch_forensics:PatchForensics"),
     "patchcraft": ("PatchCraft", "iab_jax.methods.patchcraft:PatchCraft"),
     "ssp": ("SSP", "iab_jax.methods.ssp:Ssp"),
+    "ofa_simulator": ("OFA simulator", "iab_jax.methods.ofa_simulator:OfaSimulator"),
+    "ofa": ("OFA", "iab_jax.methods.ofa:Ofa"),
+    "embedding_lr": ("Features+LR", "iab_jax.methods.embedding_lr:EmbeddingLR"),
 }
 
 
