@@ -34,6 +34,7 @@ _LOGISTIC_FIELDS = ("C", "max_iter", "tol", "memory", "max_linesearch_steps")
 class ClipLR(base.Method):
   trainer = "linear_probe"
   uses_images = False
+  features_name = FEATURES  # the key of the cached embeddings the head reads
 
   @classmethod
   def check_config(cls, config):
@@ -104,8 +105,8 @@ class ClipLR(base.Method):
         model.dtype, "name") else str(model.dtype)}, sort_keys=True, separators=(",", ":"))
     if path is None:
       identity = f"{arch_text}:random(seed=0)"
-      console.say("CLIP-LR: the features come from a randomly initialised CLIP image tower (%s), "
-                  "not from CLIP", arch_text)
+      console.say("%s: the features come from a randomly initialised CLIP image tower (%s), "
+                  "not from CLIP", self.display_name, arch_text)
     else:
       identity = f"{arch_text}:{weights.file_identity(path)}"
     size = int(arch["image_size"])
@@ -138,10 +139,10 @@ class ClipLR(base.Method):
 
   def fit(self, variables, features, labels):
     del variables  # refitted from scratch, as sklearn's fit does
-    x = jnp.asarray(features[FEATURES], jnp.float32)
+    x = jnp.asarray(features[self.features_name], jnp.float32)
     y = jnp.asarray(labels, jnp.int32)
     if x.shape != (y.shape[0], self.dim):
-      raise ValueError(f"features[{FEATURES!r}] has shape {x.shape}, expected "
+      raise ValueError(f"features[{self.features_name!r}] has shape {x.shape}, expected "
                        f"({y.shape[0]}, {self.dim}) for {y.shape[0]} labels")
     lr = self.config.logistic
     start = time.perf_counter()
@@ -156,7 +157,7 @@ class ClipLR(base.Method):
     return {"params": params, "scaler": scaler}, report
 
   def _logits(self, variables, batch):
-    z = logistic.standardise(variables["scaler"], batch["features"][FEATURES])
+    z = logistic.standardise(variables["scaler"], batch["features"][self.features_name])
     return logistic.logits(variables["params"], z)
 
   def loss(self, variables, batch, rng, phase):

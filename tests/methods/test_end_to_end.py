@@ -17,7 +17,7 @@ import pytest
 from iab_jax import main as main_lib, runs
 
 METHODS = ("dct_cnn", "clip_lr", "hifi_net", "defl", "fsd", "dna_det", "repmix", "patch_forensics",
-           "patchcraft", "ssp")
+           "patchcraft", "ssp", "embedding_lr")
 TASKS = ("standard", "semantic1")
 
 
