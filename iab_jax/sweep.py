@@ -11,7 +11,12 @@ from outside. A finished run is not run again (its results are reused); a killed
 At the end, `iab_jax.report` writes Table 3 to <workdir>/<preset>/report and prints it, and the
 sweep prints each method's run time and clean accuracy against chance.
 
-Other presets: `runlocal` (each method's seconds-long smoke test on the mini-bench).
+Other presets: `runlocal` (each method's seconds-long smoke test on the mini-bench), and
+`fingerprints`: One-for-All against frozen features on the mini-bench, image-to-model
+verification and the five open-set folds (FINGERPRINT_PLAN: the OFA simulator, the extractor that
+names it, its open-set heads that name the extractor, and the same evaluators on ResNet-50 and
+CLIP ViT features), then the image-to-model and open-set tables and each of them split by whether
+a generator's up-sampler, activation and norm lie inside the simulator's search space.
 """
 
 from __future__ import annotations
@@ -28,6 +33,90 @@ from typing import Sequence
 METHODS = ("resnet50", "dct_cnn", "hifi_net", "defl", "dna_det", "repmix", "patch_forensics",
            "patchcraft", "ssp", "fsd", "clip_lr")
 PRESETS = {"minibench": "standard,minibench", "runlocal": "standard,runlocal,minibench"}
+
+
+# (run name, method, config arg, extra flags); "{name}" in a flag is that earlier run's workdir.
+FEATURE_BASELINES = (("resnet50_features", "standard,minibench"),
+                     ("clip_features", "standard,minibench,backbone=clip_vit"))
+FINGERPRINT_PLAN = (
+    ("ofa_simulator", "ofa_simulator", "standard,minibench", ()),
+    ("ofa", "ofa", "standard,minibench", ("--config.simulator.workdir={ofa_simulator}",)),
+    *((name, "embedding_lr", arg, ()) for name, arg in FEATURE_BASELINES),
+    *((f"ofa_openset{k}", "ofa", f"openset{k},minibench", ("--config.extractor.workdir={ofa}",))
+      for k in range(5)),
+    *((f"{name}_openset{k}", "embedding_lr", arg.replace("standard", f"openset{k}"), ())
+      for name, arg in FEATURE_BASELINES for k in range(5)),
+)
+
+
+def search_space_groups() -> dict[str, list[str]]:
+  """The mini-bench's generators by how much of them the OFA simulator's search space holds:
+  "inside" (up-sampler, activation and norm all among its choices), "partly", "outside" (none)."""
+  from data_prep import minibench
+  from iab_jax.models import ofa_simulator
+
+  groups: dict[str, list[str]] = {"inside": [], "partly": [], "outside": []}
+  for g in minibench.GENERATORS:
+    hits = [g.upsample in ofa_simulator.UPSAMPLERS, g.activation in ofa_simulator.ACTIVATIONS,
+            g.norm in ofa_simulator.NORMS]
+    groups["inside" if all(hits) else "partly" if any(hits) else "outside"].append(g.name)
+  return groups
+
+
+def fingerprint_summary(results: dict[str, dict]) -> str:
+  """A Markdown table: per run, image-to-model AUC (one-vs-one, %) and open-set AUROC of the
+  unknown generators (%, over the folds where they were unknown) by search-space group, and the
+  open-set closed-set accuracy, AUROC and OSCR averaged over the folds."""
+  import numpy as np
+
+  groups = search_space_groups()
+  families = {}
+  for name, run in results.items():
+    family = name.split("_openset")[0]
+    families.setdefault(family, {"i2m": None, "folds": []})
+    evals = run.get("evals", {})
+    if "image_to_model" in evals:
+      families[family]["i2m"] = evals["image_to_model"]["levels"]["0"]
+    if "openset" in evals:
+      families[family]["folds"].append(evals["openset"]["levels"]["0"])
+  rows = []
+  for family, got in families.items():
+    row = [family]
+    for group in ("inside", "partly", "outside"):
+      per = (got["i2m"] or {}).get("auc_ovo_per_target", {})
+      values = [per[g] for g in groups[group] if g in per]
+      row.append(f"{100 * np.mean(values):.1f}" if values else "–")
+    for group in ("inside", "partly", "outside"):
+      values = [f["per_unknown_generator"][g]["auroc"] for f in got["folds"]
+                for g in groups[group] if g in f.get("per_unknown_generator", {})
+                and f["per_unknown_generator"][g]["auroc"] is not None]
+      row.append(f"{100 * np.mean(values):.1f}" if values else "–")
+    for key in ("closed_set_accuracy", "auroc", "oscr"):
+      values = [f[key] for f in got["folds"] if f.get(key) is not None]
+      row.append(f"{100 * np.mean(values):.1f}±{100 * np.std(values):.1f}" if values else "–")
+    rows.append(row)
+  head = ["run", "I2M inside", "I2M partly", "I2M outside", "unknown AUROC inside",
+          "unknown AUROC partly", "unknown AUROC outside", "closed acc", "AUROC", "OSCR"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":--"] + ["--:"] * (len(head) - 1))
+           + "|"]
+  lines += ["| " + " | ".join(r) + " |" for r in rows]
+  legend = "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items())
+  return "\n".join(lines) + f"\n\nSearch-space groups of the mini-bench's generators: {legend}."
+
+
+def run_plan(plan, preset: str, root: str, extra: Sequence[str]) -> list[dict]:
+  """Runs a plan's entries in order, each naming the workdirs of earlier ones."""
+  workdirs, outcomes = {}, []
+  for name, method, arg, flags in plan:
+    workdir = os.path.join(root, preset, name)
+    workdirs[name] = workdir
+    flags = [f.format(**workdirs) for f in flags]
+    print(f"{name}: configs/{method}.py:{arg} {' '.join(flags)} -> {workdir}", flush=True)
+    outcome = run_one(method, arg, workdir, [*flags, *extra])
+    outcome["name"] = name
+    print(f"{name}: exit {outcome['status']}, {outcome['seconds']:.0f} s", flush=True)
+    outcomes.append(outcome)
+  return outcomes
 
 
 def run_one(method: str, arg: str, workdir: str, extra: Sequence[str] = ()) -> dict:
@@ -47,7 +136,8 @@ def run_one(method: str, arg: str, workdir: str, extra: Sequence[str] = ()) -> d
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--preset", choices=sorted(PRESETS), default="minibench")
+  parser.add_argument("--preset", choices=sorted([*PRESETS, "fingerprints"]),
+                      default="minibench")
   parser.add_argument("--methods", default=",".join(METHODS),
                       help=f"comma-separated (default: {','.join(METHODS)})")
   parser.add_argument("--workdir", default="workdir/sweep")
@@ -63,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: unknown flag {bad[0]!r}; only --config.<key>=<value> overrides pass through",
           file=sys.stderr)
     return 2
+  if args.preset == "fingerprints":
+    return fingerprints(args.workdir, extra)
   outcomes = []
   for method in methods:
     workdir = os.path.join(args.workdir, args.preset, method)
@@ -97,6 +189,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{o['method']:<11} {o['status']:>4}  {'-' if run_s is None else f'{run_s:.0f}':>6}  "
           f"{o['seconds']:>7.0f}  "
           + (f"{o['clean']:.3f}  {o['times_chance']:>6.1f}" if "clean" in o else "  -       -"))
+  return 0 if all(o["status"] == 0 for o in outcomes) else 1
+
+
+def fingerprints(root: str, extra: Sequence[str]) -> int:
+  """The `fingerprints` preset: FINGERPRINT_PLAN, its tables and the search-space summary."""
+  outcomes = run_plan(FINGERPRINT_PLAN, "fingerprints", root, extra)
+  results = {}
+  for o in outcomes:
+    path = os.path.join(o["workdir"], "results.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        results[o["name"]] = json.load(f)
+  with open(os.path.join(root, "sweep_fingerprints.json"), "w") as f:
+    json.dump(outcomes, f, indent=1)
+  finished = [o["workdir"] for o in outcomes if o["name"] in results and results[o["name"]]["evals"]]
+  if finished:
+    from iab_jax import report
+
+    report.main(["--runs", *finished, "--out", os.path.join(root, "fingerprints", "report"),
+                 "--no_summaries"])
+  summary = fingerprint_summary(results)
+  with open(os.path.join(root, "fingerprints", "summary.md"), "w") as f:
+    f.write(summary + "\n")
+  print(summary)
+  print("run                          exit   run s")
+  for o in outcomes:
+    run_s = results.get(o["name"], {}).get("timing", {}).get("total_seconds")
+    print(f"{o['name']:<28} {o['status']:>4}  {'-' if run_s is None else f'{run_s:.0f}':>6}")
   return 0 if all(o["status"] == 0 for o in outcomes) else 1
 
 
