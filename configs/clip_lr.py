@@ -26,6 +26,12 @@ from configs import common
 
 CLIP_TRANSFORM = "resize(224, method='bicubic')|central_crop(224)|normalize('clip')"
 OFFICIAL_TRANSFORM = "resize(256)|central_crop(224)|normalize('half')"
+# The shrunk towers of the presets, at 64x64 input: coarse patches for the smoke test, 256 tokens
+# and a wider embedding for the mini-bench's probe.
+SMALL_TOWERS = {
+    "runlocal": {"width": 64, "layers": 2, "heads": 4, "patch_size": 16, "embed_dim": 64},
+    "minibench": {"width": 128, "layers": 2, "heads": 4, "patch_size": 4, "embed_dim": 256},
+}
 
 
 def get_config(arg: str = "standard"):
@@ -48,10 +54,7 @@ def get_config(arg: str = "standard"):
     config.input.transform = config.input.eval_transform = small
     # CLIP's weights do not fit the shrunk tower: it is randomly initialised. The mini-bench
     # preset cuts finer patches (256 tokens) and keeps a wider embedding for the probe.
-    if options.get("runlocal"):
-      arch = {"width": 64, "layers": 2, "heads": 4, "patch_size": 16, "embed_dim": 64}
-    else:
-      arch = {"width": 128, "layers": 2, "heads": 4, "patch_size": 4, "embed_dim": 256}
+    arch = SMALL_TOWERS["runlocal" if options.get("runlocal") else "minibench"]
     config.model.update({**arch, "image_size": 64, "pretrained": ""})
     console.say("clip_lr %s: CLIP tower shrunk through config.model to width %d, %d blocks, "
                 "%d-px patches at 64x64, %d-d embedding, randomly initialised",

@@ -98,12 +98,7 @@ def get_config(arg: str = "standard"):
                   "width %d (%d-d features) at 64x64, randomly initialised", preset, width,
                   32 * width)
     else:
-      # configs/clip_lr.py's shrunk towers: coarse patches for the smoke test, 256 tokens and a
-      # wider embedding for the mini-bench's probe.
-      if options.get("runlocal"):
-        arch = {"width": 64, "layers": 2, "heads": 4, "patch_size": 16, "embed_dim": 64}
-      else:
-        arch = {"width": 128, "layers": 2, "heads": 4, "patch_size": 4, "embed_dim": 256}
+      arch = clip_lr_config.SMALL_TOWERS[preset]  # configs/clip_lr.py's shrunk towers
       config.model.update({**arch, "image_size": 64, "pretrained": ""})
       console.say("embedding_lr %s: CLIP ViT shrunk through config.model to width %d, %d blocks, "
                   "%d-px patches at 64x64, %d-d embedding, randomly initialised", preset,

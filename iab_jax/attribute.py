@@ -118,6 +118,9 @@ class Attributor:
     self.config = runs.load_config(workdir)
     self.classes = runs.run_classes(workdir) or self._classes_from_manifest()
     self.method = methods.get(self.config.method)(self.config, self.classes)
+    # The columns of the probabilities: the run's classes, and "unknown" where the method has a
+    # reject class (an open-set run of OFA).
+    self.labels = [*self.classes, "unknown"] if self.method.reject_class else list(self.classes)
     _, spec = self.method.transforms()
     self.degradation = degradations.check_level(degradation)
     if self.degradation:
@@ -189,7 +192,7 @@ class Attributor:
     from iab_jax import sharding
     from iab_jax.data import pipeline
 
-    out = np.zeros((len(prepared), len(self.classes)), np.float32)
+    out = np.zeros((len(prepared), len(self.labels)), np.float32)
     by_shape: dict[tuple, list[int]] = {}
     for i, x in enumerate(prepared):
       shapes = tuple((a.shape, a.dtype.str) for a in jax.tree.leaves(x))
@@ -219,9 +222,9 @@ class Attributor:
 
   def top_k(self, probabilities: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
     """Per image, the k most likely classes with their probabilities, most likely first."""
-    k = max(1, min(k, len(self.classes)))
+    k = max(1, min(k, len(self.labels)))
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return [[(self.classes[c], float(p[c])) for c in row] for row, p in zip(order, probabilities)]
+    return [[(self.labels[c], float(p[c])) for c in row] for row, p in zip(order, probabilities)]
 
   def attribute_files(self, paths: Sequence[str], k: int = 3, threads: int = 4
                       ) -> dict[str, Any]:
@@ -248,11 +251,11 @@ class Attributor:
         for path, p, top in zip(names, probabilities, self.top_k(probabilities, k)):
           predictions.append({"path": path, "top": [{"class": c, "probability": q}
                                                     for c, q in top],
-                              "probabilities": dict(zip(self.classes, map(float, p)))})
+                              "probabilities": dict(zip(self.labels, map(float, p)))})
     return {"format": "iab_jax.attributions", "version": 1,
             "run": os.path.abspath(self.workdir), "method": self.config.method,
             "checkpoint": self.checkpoint, "degradation": self.degradation,
-            "classes": self.classes, "predictions": predictions, "failed": failed}
+            "classes": self.labels, "predictions": predictions, "failed": failed}
 
   def _try_prepare(self, path: str):
     try:

@@ -90,6 +90,15 @@ def test_open_set_run_on_the_extractor_run(chain, openset_bench):
   level = results["evals"]["openset"]["levels"]["0"]
   assert 0.0 <= level["auroc"] <= 1.0 and 0.0 <= level["oscr"] <= 1.0
   assert level["num_unknown"] > 0
+  # iab_jax.attribute names the reject column "unknown".
+  from iab_jax.attribute import Attributor
+
+  attributor = Attributor(str(chain["root"] / "open0"))
+  assert attributor.labels == [*results["classes"], "unknown"]
+  images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+  probabilities = attributor.predict(list(images))
+  assert probabilities.shape == (3, len(results["classes"]) + 1)
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def _crash_after_save(monkeypatch, at_step):
