@@ -227,12 +227,6 @@ def test_configs():
 # End to end through the real loop (linear_probe trainer, feature cache, evaluators).
 
 
-def spine_ready() -> bool:
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return os.path.exists(os.path.join(root, ".spine_ready"))
-
-
-@pytest.mark.skipif(not spine_ready(), reason="the loop's issue-13 pieces are not in yet")
 @pytest.mark.parametrize("backbone", ["resnet50", "clip_vit"])
 def test_linear_probe_run_end_to_end(backbone, tiny_bench, tmp_path):
   import json
