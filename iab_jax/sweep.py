@@ -81,6 +81,8 @@ def fingerprint_summary(results: dict[str, dict]) -> str:
       families[family]["folds"].append(evals["openset"]["levels"]["0"])
   rows = []
   for family, got in families.items():
+    if got["i2m"] is None and not got["folds"]:  # the simulator: no evaluation of its own
+      continue
     row = [family]
     for group in ("inside", "partly", "outside"):
       per = (got["i2m"] or {}).get("auc_ovo_per_target", {})

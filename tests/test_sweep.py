@@ -22,3 +22,32 @@ def test_bad_arguments_exit_2(capsys):
   assert "unknown 'nope'" in capsys.readouterr().err
   assert sweep.main(["--learning_rate=1"]) == 2
   assert "only --config.<key>=<value>" in capsys.readouterr().err
+
+
+def test_fingerprint_plan_and_search_space_summary():
+  # Each run of the plan names only runs before it, and every config of it exists.
+  import importlib
+
+  seen = set()
+  for name, method, arg, flags in sweep.FINGERPRINT_PLAN:
+    for flag in flags:
+      assert flag.split("{")[1].split("}")[0] in seen
+    importlib.import_module(f"configs.{method}")
+    seen.add(name)
+  groups = sweep.search_space_groups()
+  assert groups == {"inside": ["mini_nearest", "mini_bicubic"],
+                    "partly": ["mini_bilinear", "mini_shuffle"],
+                    "outside": ["mini_lanczos", "mini_deconv"]}
+  i2m = {"auc_ovo_per_target": {"mini_nearest": 0.9, "mini_bicubic": 0.7, "mini_lanczos": 0.4}}
+  fold = {"closed_set_accuracy": 0.5, "auroc": 0.6, "oscr": 0.3,
+          "per_unknown_generator": {"mini_deconv": {"auroc": 0.2}}}
+  results = {"sim": {"evals": {}},
+             "ofa": {"evals": {"image_to_model": {"levels": {"0": i2m}}}},
+             "ofa_openset0": {"evals": {"openset": {"levels": {"0": fold}}}},
+             "ofa_openset1": {"evals": {"openset": {"levels": {"0": {**fold, "auroc": 0.8}}}}}}
+  table = sweep.fingerprint_summary(results)
+  rows = [line for line in table.splitlines() if line.startswith("| ofa")]
+  assert len(rows) == 1 and "sim" not in table.split("Search-space")[0]
+  cells = [c.strip() for c in rows[0].strip("|").split("|")]
+  assert cells == ["ofa", "80.0", "–", "40.0", "–", "–", "20.0", "50.0±0.0", "70.0±10.0",
+                   "30.0±0.0"]
