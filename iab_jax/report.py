@@ -172,7 +172,8 @@ def load_runs(paths: Iterable[str | os.PathLike], latest: bool = False) -> list[
 
   chosen: dict[tuple[str, str], dict[str, Any]] = {}
   for run in map(_read_results, files):
-    key = (run["method"], run["task"])
+    # A method's variants (Features+LR over ResNet-50 or CLIP) differ by their display name.
+    key = (run.get("method_display") or run["method"], run["task"])
     other = chosen.get(key)
     if other is None:
       chosen[key] = run
@@ -603,8 +604,9 @@ def open_set_table(runs: Sequence[dict[str, Any]], level: int = 0) -> GridTable 
     entries = _evals_with(run, "oscr", str(level))
     if fold is None or not entries:
       continue
-    display.setdefault(run["method"], run.get("method_display") or run["method"])
-    found.setdefault(run["method"], {})[fold] = entries[0][1]
+    name = run.get("method_display") or run["method"]
+    display.setdefault(name, name)
+    found.setdefault(name, {})[fold] = entries[0][1]
   if not found:
     return None
   folds = sorted({f for per in found.values() for f in per})

@@ -43,6 +43,9 @@ FIELDS = {"resnet50": RESNET_ARCH_FIELDS + WEIGHT_FIELDS,
 FEATURES = {"resnet50": "resnet50", "clip_vit": clip_lr.FEATURES}  # keys in batch["features"]
 
 
+BACKBONE_NAMES = {"resnet50": "ResNet-50", "clip_vit": "CLIP ViT"}
+
+
 class EmbeddingLR(clip_lr.ClipLR):
   """CLIP-LR's head (fit, predict, loss, init, phases) on a configurable frozen backbone."""
 
@@ -82,6 +85,11 @@ class EmbeddingLR(clip_lr.ClipLR):
       probe = ml_collections.ConfigDict({"model": {k: model[k] for k in fields},
                                          "logistic": config.get("logistic")})
     clip_lr.ClipLR.check_config(probe)
+
+  def __init__(self, config, classes):
+    super().__init__(config, classes)
+    # The tables tell the backbones apart: "Features+LR (ResNet-50)", "Features+LR (CLIP ViT)".
+    self.display_name = f"{type(self).display_name} ({BACKBONE_NAMES[self.backbone]})"
 
   @property
   def backbone(self) -> str:

@@ -134,7 +134,7 @@ def test_fit_predict_equal_sklearn_and_embed_returns_the_features(backbone):
   method = embedding_lr.EmbeddingLR(config, CLASSES)
   name = method.features_name
   assert method.trainer == "linear_probe" and not method.uses_images and method.dim == 64
-  assert not method.reject_class and method.display_name == "Features+LR"
+  assert not method.reject_class and method.display_name.startswith("Features+LR (")
   variables, report = method.fit(method.init(jax.random.key(0)), {name: x}, y)
   assert report["converged"] and report["num_examples"] == 600
   scaler, exact = sklearn_pipeline(x, y, tol=1e-8)
