@@ -100,7 +100,7 @@ def test_corvi_layout_and_output_convention():
 @pytest.fixture(scope="module")
 def corvi_full():
   """The full-size layout (17 layers, 64 features) with random weights, and its torch reference."""
-  torch = pytest.importorskip("torch")
+  import torch
   state = corvi_state(seed=3)
   net = _loaded_reference(torch, state, 17, 64)
   variables = jax.tree.map(jnp.asarray, dncnn.from_corvi(state))
@@ -139,7 +139,7 @@ def test_residual_is_ofas_img2noise(corvi_full):
 @pytest.mark.parametrize("train", [False, True])
 def test_small_valid_dncnn_matches_torch(train):
   """A 5-layer Corvi-layout net: eval mode, and train mode with torch's momentum-0.1 statistics."""
-  torch = pytest.importorskip("torch")
+  import torch
   depth, width = 5, 8
   state = corvi_state(depth, width, seed=1)
   net = _loaded_reference(torch, state, depth, width)
@@ -232,7 +232,7 @@ def test_outputs(tiny):
 
 
 def test_heads_match_torch_mlps():
-  torch = pytest.importorskip("torch")
+  import torch
   nn = torch.nn
   torch.manual_seed(0)
   d, hidden = 6, 5
