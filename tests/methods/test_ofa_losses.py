@@ -15,7 +15,6 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from iab_jax.methods import ofa_losses
 
