@@ -45,3 +45,46 @@ def test_errors_name_the_key(cfg, message):
   with pytest.raises(ValueError, match=r"config\.optimizer") as e:
     optimizers.make(cfg, 10, 100)
   assert message in str(e.value)
+
+
+def test_parameter_groups_their_settings_and_untrained_parameters():
+  params = {"a": np.ones(3, np.float32), "b": np.ones(2, np.float32), "c": np.ones(1, np.float32)}
+  grads = {"a": np.full(3, 0.5, np.float32), "b": np.full(2, 2.0, np.float32),
+           "c": np.ones(1, np.float32)}
+  tx = optimizers.make({"name": "sgd", "learning_rate": 0.1,
+                        "groups": {"a": {}, "b": {"learning_rate": 1.0}}}, 10, 100)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["a"], -0.05)
+  np.testing.assert_allclose(updates["b"], -2.0)
+  np.testing.assert_allclose(updates["c"], 0.0)  # under no group: not trained
+
+
+def test_turns_in_epochs_follow_turn_order():
+  params = {"x": np.ones(1, np.float32), "y": np.ones(1, np.float32)}
+  grads = {"x": np.ones(1, np.float32), "y": np.ones(1, np.float32)}
+  tx = optimizers.make({"name": "sgd", "learning_rate": 1.0, "groups": {"x": {}, "y": {}},
+                        "turn_order": ("y", "x"), "alternate_every_epochs": 0.5}, 4, 100)
+  state = tx.init(params)
+  moved = []
+  for _ in range(8):
+    updates, state = tx.update(grads, state, params)
+    moved.append("".join(k for k in ("x", "y") if updates[k][0] != 0))
+  assert moved == ["y", "y", "x", "x", "y", "y", "x", "x"]  # 2-step turns, y first
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"turn_order": ("x",), "alternate_every_steps": 1}, "turn_order"),
+    ({"turn_order": ("x", "y"), "alternate_every_steps": 1, "alternate_every_epochs": 1},
+     "both set"),
+    ({"groups": {"z": {}}}, "groups.z: the params have no entry 'z'"),
+])
+def test_group_errors_name_the_key(cfg, message):
+  cfg = {"name": "adam", "learning_rate": 1e-3, "groups": {"x": {}, "y": {}}, **cfg}
+  params = {"x": np.ones(1, np.float32), "y": np.ones(1, np.float32)}
+  with pytest.raises(ValueError, match=message):
+    optimizers.make(cfg, 4, 100).init(params)
+
+
+def test_turns_need_groups():
+  with pytest.raises(ValueError, match="alternate_every_steps needs config.optimizer.groups"):
+    optimizers.make({"name": "adam", "learning_rate": 1e-3, "alternate_every_steps": 1}, 4, 100)
