@@ -56,6 +56,8 @@ def input_config(data_dir: str = MINIBENCH_DIR, manifest: str = "",
   read_threads, prefetch_batches, worker_buffer_batches: the read-ahead, in batches; the pipeline
   holds about iab_jax.data.pipeline.buffered_batches(...) batches, so its memory stays bounded.
   sixteen_bit: 16-bit images to 8 bits by "scale" (ours) or "clip" (the official loader).
+  train_fraction: train on this fraction of each class's training records (data-efficiency
+  studies; iab_jax.tasks.train_fraction), drawn by train_fraction_seed; 1.0 = all of them.
   """
   return ml_collections.ConfigDict({
       "data_dir": data_dir,
@@ -71,6 +73,8 @@ def input_config(data_dir: str = MINIBENCH_DIR, manifest: str = "",
       "worker_buffer_batches": 1,
       "sixteen_bit": "scale",
       "prepare": "",
+      "train_fraction": 1.0,
+      "train_fraction_seed": 0,
   })
 
 
@@ -102,7 +106,11 @@ def task_config(arg: str, *, method: str, standard_epochs: int = 10, semantic_ep
   Adam 1e-3, batch 32, cross-entropy, 10 epochs standard / 15 semantic, best checkpoint by
   validation accuracy, tested at all 7 levels. An open-set task trains on its known classes as
   the standard task does and adds the `openset` eval (closed-set accuracy, AUROC and OSCR of
-  known against the fold's unknown generators, iab_jax.evaluators.open_set)."""
+  known against the fold's unknown generators, iab_jax.evaluators.open_set).
+
+  Every run is also scored as a real/fake detector (the `detection` eval,
+  iab_jax.evaluators.detection: 1 − P(real) against each generator, at all 7 levels; it reuses
+  the test eval's scores). A detection task (`detection:<generator>`) has that eval alone."""
   task, options = parse_arg(arg)
   config = ml_collections.ConfigDict()
   config.method = method
@@ -116,6 +124,9 @@ def task_config(arg: str, *, method: str, standard_epochs: int = 10, semantic_ep
   if task.protocol == "openset":
     config.evals.openset = {"type": "open_set", "split": "test", "unknown_split": "test_unknown",
                             "levels": (0,)}
+  if task.protocol == "detection":
+    del config.evals["test"]
+  config.evals.detection = detection_eval()
   config.seed = 0
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0: at the end of each epoch only
@@ -148,6 +159,12 @@ def task_config(arg: str, *, method: str, standard_epochs: int = 10, semantic_ep
     config.max_steps_per_epoch = 3
     config.max_eval_examples = 2 * batch_size
   return config
+
+
+def detection_eval() -> dict:
+  """The `detection` eval every task config has (iab_jax.evaluate --evals detection adds it to a
+  run made before it existed)."""
+  return {"type": "detection", "split": "test", "levels": tuple(range(NUM_LEVELS))}
 
 
 def options_of(arg: str) -> dict[str, str | bool]:

@@ -5,7 +5,8 @@ Tasks are `standard`, `semantic1|2|3` (the paper's sub-tasks: cat, bedroom, FFHQ
 (open-set attribution, fold k: its generators are unknown, never trained on, and tested as
 `test_unknown`), and `group` (a user's own folders split by groups such as prompts: test groups
 are never seen in training). A task names its manifest under `<data_dir>/splits/` (`standard`,
-`semantic_cat`, `openset_fold2`, `group`, ...), written by `python -m data_prep.split`.
+`semantic_cat`, `openset_fold2`, `group`, ...), written by `python -m data_prep.split`; a detection
+task derives its splits from the standard manifest (detection_manifest), so it needs no file.
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ from iab_jax.data import generators, manifests, records
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  name: str  # canonical: "standard", "semantic:<class>", "openset:<k>" or "group"
-  protocol: str  # "standard" | "semantic" | "openset" | "group"
+  name: str  # canonical: "standard", "semantic:<class>", "openset:<k>", "detection:<g>", "group"
+  protocol: str  # "standard" | "semantic" | "openset" | "detection" | "group"
   semantic: str | None = None  # the training class of a semantic task
   fold: int | None = None  # the fold of an open-set task (its generators are the unknown ones)
+  generator: str | None = None  # the fake class a detection task trains on, or "all"
 
   @property
   def manifest_name(self) -> str:
+    if self.protocol == "detection":  # derived from the standard split
+      return manifests.manifest_name("standard")
     return manifests.manifest_name(self.protocol, semantic=self.semantic, fold=self.fold)
 
+
+DETECTION_CLASSES = ("real", "fake")  # a detection task's label map: 0 real, 1 generated
+DETECTION_ALL = "all"  # detection:all trains on every generator of the standard split
 
 OPENSET_FOLDS = 5  # data_prep.split's default number of open-set folds: openset0..openset4
 
@@ -39,6 +46,16 @@ def parse_task(text: str) -> Task:
   text = text.strip()
   if text in ("standard", "group"):
     return Task(text, text)
+  if text == "detection" or text.startswith("detection:"):
+    name = text.partition(":")[2].strip()
+    if not name:
+      raise ValueError(f"task {text!r}: expected detection:<generator> (the generated class it "
+                       "trains on, e.g. detection:SD1_5) or detection:all")
+    if name != DETECTION_ALL:
+      name = generators.canonical_name(name)
+      if generators.is_real_name(name):
+        raise ValueError(f"task {text!r}: a detection task names a generator, not the real class")
+    return Task(f"detection:{name}", "detection", generator=name)
   if text.startswith("openset"):
     rest = text[len("openset"):]
     fold = rest[1:] if rest.startswith(":") else rest
@@ -60,7 +77,8 @@ def parse_task(text: str) -> Task:
     name = generators.SEMANTIC_TASKS[k]
     return Task(f"semantic:{name}", "semantic", name)
   raise ValueError(f"unknown task {text!r}; expected standard, semantic1, semantic2, semantic3, "
-                   "semantic:<class>, openset0..openset4, openset:<fold> or group")
+                   "semantic:<class>, openset0..openset4, openset:<fold>, detection:<generator> "
+                   "or group")
 
 
 @dataclasses.dataclass
@@ -106,7 +124,7 @@ def prepare_minibench(data_dir: str, task: Task) -> None:
   path = manifest_path(data_dir, task.manifest_name)
   if not os.path.exists(path):
     ds = records.Dataset(data_dir)
-    if task.protocol == "standard":
+    if task.protocol in ("standard", "detection"):
       made = split.standard_split(ds)
     elif task.protocol == "semantic":
       made = split.semantic_split(ds, task.semantic)
@@ -119,7 +137,8 @@ def prepare_minibench(data_dir: str, task: Task) -> None:
 
 
 def _split_command(data_dir: str, task: Task, official: bool = False) -> str:
-  command = f"python -m data_prep.split --data {data_dir} --protocol {task.protocol}"
+  protocol = "standard" if task.protocol == "detection" else task.protocol
+  command = f"python -m data_prep.split --data {data_dir} --protocol {protocol}"
   if task.protocol == "semantic":
     command += f" --semantic {task.semantic}"
   if task.protocol == "openset":
@@ -167,9 +186,75 @@ def load(input_config, task: Task, classes: list[str] | None = None,
   path = check_files(input_config, task, before_build=False)
   dataset = records.Dataset(data_dir)
   manifest = manifests.load_manifest(path, dataset)
-  if manifest.protocol != task.protocol and not any_protocol:
+  expected = "standard" if task.protocol == "detection" else task.protocol
+  if manifest.protocol != expected and not any_protocol:
     raise ValueError(f"config.input.manifest {path!r} is a {manifest.protocol} split, but the "
-                     f"task is {task.name}")
+                     f"task {task.name} needs a {expected} split")
+  if task.protocol == "detection" and manifest.protocol != "detection":
+    manifest = detection_manifest(manifest, dataset, task.generator)
+  fraction = float(input_config.get("train_fraction", 1.0))
+  if fraction != 1.0:
+    manifest = train_fraction(manifest, dataset, fraction,
+                              int(input_config.get("train_fraction_seed", 0)))
   if classes is not None:
     manifest = dataclasses.replace(manifest, classes=list(classes))
   return TaskData(dataset, manifest, manifests.labels_for(manifest, dataset))
+
+
+def detection_manifest(standard: manifests.Manifest, dataset: records.Dataset,
+                       generator: str) -> manifests.Manifest:
+  """The splits of task detection:<generator>, derived from a standard manifest.
+
+  train and val keep the real images and the generator's (every generator's for "all"); test
+  keeps every record, so the detector is tested on real against each generator, seen or not.
+  Classes are DETECTION_CLASSES: every generated image is "fake" (manifests.labels_for).
+  """
+  names = dataset.column("generator").astype(str)
+  fake = [c for c in standard.classes if not generators.is_real_name(c)]
+  real = [c for c in standard.classes if generators.is_real_name(c)]
+  if not real:
+    raise ValueError(f"manifest {standard.path!r} has no real class (classes: "
+                     f"{', '.join(standard.classes)}); detection needs real images")
+  if generator == DETECTION_ALL:
+    trained = fake
+  elif generator in fake:
+    trained = [generator]
+  else:
+    raise ValueError(f"task detection:{generator}: {generator!r} is not a generator of manifest "
+                     f"{standard.path!r}; expected one of {', '.join(fake)} or all")
+  keep = np.isin(names, real + trained)
+  splits = {split: (positions if split == "test" else positions[keep[positions]])
+            for split, positions in standard.splits.items()}
+  classes = list(DETECTION_CLASSES)
+  options = {**standard.options, "derived_from": standard.name or standard.path,
+             "generators": trained}
+  report = {"sizes": {k: int(len(v)) for k, v in splits.items()}}
+  return dataclasses.replace(
+      standard, protocol="detection", options=options, classes=classes, splits=splits,
+      report=report, name=f"detection_{generator}",
+      digest=manifests.split_digest(classes, splits))
+
+
+def train_fraction(manifest: manifests.Manifest, dataset: records.Dataset, fraction: float,
+                   seed: int = 0) -> manifests.Manifest:
+  """The manifest with its train split cut to `fraction` of each class's records (at least one
+  each), drawn by `seed`, for data-efficiency studies; val and test are untouched.
+
+  The draw depends only on the split, the fraction and the seed, and a smaller fraction's records
+  are a subset of a larger one's: each record gets one random rank per seed.
+  """
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"config.input.train_fraction={fraction}; expected a fraction in (0, 1]")
+  train = manifest.splits["train"]
+  labels = manifests.labels_for(manifest, dataset)[train]
+  rank = np.random.default_rng(seed).permutation(len(train))
+  keep = np.zeros(len(train), bool)
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    count = max(1, int(round(fraction * len(members))))
+    keep[members[np.argsort(rank[members], kind="stable")[:count]]] = True
+  splits = {**manifest.splits, "train": train[keep]}
+  return dataclasses.replace(
+      manifest, splits=splits, options={**manifest.options, "train_fraction": fraction,
+                                        "train_fraction_seed": seed},
+      digest=manifests.split_digest(manifest.classes, splits))

@@ -96,6 +96,15 @@ def canonical_name(name: str) -> str:
   return gen.name if gen else name
 
 
+REAL = "real"  # the class of real photographs, in every dataset this package builds or ingests
+
+
+def is_real_name(name: str) -> bool:
+  """Whether a class name means real images: the registry's real class (or an alias), or "real"."""
+  gen = lookup(name)
+  return gen.is_real if gen else name == REAL
+
+
 def family_levels(name: str) -> tuple[int, int, int, int]:
   gen = lookup(name)
   return gen.levels if gen else UNKNOWN_LEVELS

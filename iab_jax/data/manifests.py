@@ -31,6 +31,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from iab_jax.data import generators
+
 FORMAT = "iab_jax.manifest"
 VERSION = 1
 SPLITS_DIR = "splits"
@@ -171,9 +173,14 @@ def labels_for(manifest: Manifest, dataset) -> np.ndarray:
   """Each record's label under the manifest's classes (int32, -1 where its generator is not one).
 
   Labels come from the generator name, not the dataset's label column: an open-set run trains on
-  the known classes only, so its label ids differ from the dataset's.
+  the known classes only, so its label ids differ from the dataset's. A detection manifest's
+  classes are ("real", "fake"): every generator's images are "fake".
   """
   index = {name: i for i, name in enumerate(manifest.classes)}
   names, inverse = np.unique(dataset.column("generator").astype(str), return_inverse=True)
-  lookup = np.array([index.get(n, -1) for n in names], dtype=np.int32)
+  if manifest.protocol == "detection":
+    lookup = np.array([index["real"] if generators.is_real_name(n) else index["fake"]
+                       for n in names], dtype=np.int32)
+  else:
+    lookup = np.array([index.get(n, -1) for n in names], dtype=np.int32)
   return lookup[inverse.reshape(-1)]

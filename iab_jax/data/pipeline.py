@@ -55,9 +55,11 @@ class RecordsSource(grain.sources.RandomAccessDataSource):
     return len(self._positions)
 
   def __getitem__(self, i):
+    position = int(self._positions[i])
+    if not self._paths:  # no pixels wanted (make_dataset(images=False)): nothing is read
+      return {"position": position, "mask": bool(self._mask[i])}
     if self._source is None:  # opened lazily: the source travels to worker processes unopened
       self._source = grain.sources.ArrayRecordDataSource(self._paths)
-    position = int(self._positions[i])
     return {"raw": self._source[position], "position": position, "mask": bool(self._mask[i])}
 
   def __getstate__(self):
@@ -151,16 +153,17 @@ class Prepare:
     position = element["position"]
     if rng is None and self.transform.is_random:
       rng = np.random.default_rng([self.seed, int(position)])
-    image, emitted = self.transform.apply(self._decode(element["raw"]), rng)
-    example = {
-        "image": image,
+    example = {}
+    if "raw" in element:  # absent when no pixels are wanted (make_dataset(images=False))
+      image, emitted = self.transform.apply(self._decode(element["raw"]), rng)
+      example = {"image": image, **{k: np.asarray(v) for k, v in emitted.items()}}
+    example.update({
         "label": np.int32(self.labels[position]),
         "semantic": np.int32(self.semantics[position]),
         "levels": self._levels(position),
         "position": np.int64(position),
         "mask": np.bool_(element["mask"]),
-        **{k: np.asarray(v) for k, v in emitted.items()},
-    }
+    })
     if self.partners:
       example.update(self._partners(rng))
     return example
@@ -189,8 +192,8 @@ class Stack:
   transform_spec: str
 
   def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    first = _shapes(examples[0]["image"])
-    for example in examples[1:]:
+    first = _shapes(examples[0]["image"]) if "image" in examples[0] else None
+    for example in examples[1:] if first is not None else ():
       shapes = _shapes(example["image"])
       if shapes != first:
         raise InputError(
@@ -272,6 +275,7 @@ def make_dataset(
     sampler: str = "shuffle",
     partners: int = 0,
     partner_pool: Sequence[int] | None = None,
+    images: bool = True,
 ) -> grain.IterDataset:
   """Batches of one split. `batch_size` is global: each process yields batch_size/process_count.
 
@@ -283,6 +287,8 @@ def make_dataset(
   Training only: `sampler` "shuffle" (a new order each epoch) or "balanced" (class-balanced
   batches, see balanced_order; needs num_epochs); `partners` other records per example, drawn
   uniformly from `partner_pool` (default: `positions`), see Prepare.
+  `images=False` reads and decodes nothing: batches carry labels, positions and levels only, for a
+  method that trains on cached frozen features (the same order, resumable the same way).
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"sampler={sampler!r}; expected one of {', '.join(SAMPLERS)}")
@@ -296,6 +302,8 @@ def make_dataset(
                              ("worker_count", worker_count, 0)):
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise ValueError(f"{name}={value!r}; expected an integer >= {least}")
+  if not images and partners:
+    raise ValueError("partners are images: make_dataset(images=False) has none")
   if sixteen_bit not in ("scale", "clip"):
     raise ValueError(f"sixteen_bit={sixteen_bit!r}; expected 'scale' or 'clip'")
   if process_index is None or process_count is None:
@@ -310,7 +318,7 @@ def make_dataset(
     spec = "|".join(s for s in (f"degrade({int(degradation)})", spec) if s)
 
   shard_paths, rest = dataset.shard_paths, spec
-  cached = cache_lib.find(dataset, spec, cache)
+  cached = cache_lib.find(dataset, spec, cache) if images else None
   if cached is not None:
     shard_paths, rest = cached.shard_paths, cached.remaining(spec)
   positions = np.asarray(positions, np.int64)
@@ -326,12 +334,13 @@ def make_dataset(
     pad = -len(positions) % batch_size
     positions = np.concatenate([positions, np.repeat(positions[:1], pad)])
     mask = np.concatenate([mask, np.zeros(pad, bool)])
+  read_from = shard_paths if images else ()
   if sampler == "balanced":
     order = balanced_order(labels[positions], num_epochs, seed)
-    ds = grain.MapDataset.source(RecordsSource(shard_paths, positions[order], mask[order]))
+    ds = grain.MapDataset.source(RecordsSource(read_from, positions[order], mask[order]))
     ds = ds.seed(seed)
   else:
-    ds = grain.MapDataset.source(RecordsSource(shard_paths, positions, mask))
+    ds = grain.MapDataset.source(RecordsSource(read_from, positions, mask))
     ds = ds.seed(seed)
     if train:
       ds = ds.shuffle()

@@ -207,7 +207,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           data.dataset, phase_positions[phase_index], data.labels, phase_transforms[phase_index],
           batch_size=batch_size, train=True, seed=config.seed + 1000 * phase_index,
           num_epochs=None if phase.num_steps else phase.num_epochs, sampler=phase.sampler,
-          partners=phase.partners, partner_pool=phase_positions[phase_index], **reading))
+          partners=phase.partners, partner_pool=phase_positions[phase_index],
+          images=method.uses_images or not features, **reading))
       first_epoch, skip_steps = 0, 0
       if phase_index == position["phase"] and latest is not None:
         state = ckpt.restore(latest, state, train_iter)
@@ -229,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           batch = sharding.global_batch(local, mesh)
           if compiled is None:  # ahead of time, so that a long XLA compilation is announced
             console.say("compiling the %s step (batch of %s) ...", phase.name,
-                        describe(batch["image"]))
+                        describe(batch["image"] if "image" in batch else batch["features"]))
             with console.Timer() as t:
               compiled = step_fn.lower(state, batch, train_key).compile()
             console.say("compiled in %.1f s", t.seconds)

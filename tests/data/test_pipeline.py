@@ -215,3 +215,19 @@ def test_mixed_shapes_from_worker_processes_raise_the_same_error(dataset):
   it = iter(_make(dataset, batch_size=8, train=True, spec="flip_lr", worker_count=1))
   with pytest.raises(pipeline.InputError, match="different shapes"):
     next(it)
+
+
+def test_without_images_the_stream_is_the_same_and_nothing_is_decoded(dataset, monkeypatch):
+  """images=False (a method on cached features) yields the training stream's labels, positions
+  and levels in the same order, and reads no record."""
+  with_images = [b for _, b in zip(range(6), _make(dataset, batch_size=8, train=True, seed=3,
+                                                   num_epochs=None))]
+  monkeypatch.setattr(records, "decode", lambda *a, **k: pytest.fail("decoded an image"))
+  without = [b for _, b in zip(range(6), _make(dataset, batch_size=8, train=True, seed=3,
+                                               num_epochs=None, images=False))]
+  for a, b in zip(with_images, without):
+    assert "image" not in b and set(b) == set(a) - {"image"}
+    for key in b:
+      np.testing.assert_array_equal(a[key], b[key])
+  with pytest.raises(ValueError, match="partners"):
+    _make(dataset, batch_size=8, train=True, images=False, partners=1)
