@@ -172,7 +172,8 @@ def hard_exit(code: int, grace_seconds: float = 10.0) -> None:
 
 
 def print_table(results) -> None:
-  """Table 3 of one run's results on stdout (process 0), when its task has a place in it."""
+  """Table 3 of one run's results on stdout (process 0), when its task has a place in it, and
+  the image-to-model, open-set and detection tables of the evals it ran."""
   from iab_jax import report
 
   if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
@@ -182,7 +183,9 @@ def print_table(results) -> None:
       print(report.to_markdown(report.table3([results])))
     except ValueError:  # a protocol Table 3 has no columns for
       pass
-  for grid in (report.image_to_model_table([results]), report.open_set_table([results])):
+  grids = [report.image_to_model_table([results]), report.open_set_table([results]),
+           *report.detection_grids([results]).values()]
+  for grid in grids:
     if grid is not None:
       print(report.grid_markdown(grid))
 

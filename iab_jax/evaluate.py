@@ -4,6 +4,7 @@
   python -m iab_jax.evaluate --workdir RUN --config.input.data_dir=/data/other \
       --config.input.manifest=standard --name other
   python -m iab_jax.evaluate --workdir RUN --config.evals.test.levels=0,3 --checkpoint last
+  python -m iab_jax.evaluate --workdir RUN --evals detection
 
 The run's own config (RUN/config.json) is the starting point; `--config.key=value` overrides any
 field, typically the data (`input.data_dir`, `input.manifest`) or the evaluations (`evals.*`). The
@@ -14,6 +15,10 @@ optimizer state. The results go to RUN/results_<name>.json, in the format of res
 Table 3 of them is printed; `python -m iab_jax.report --runs RUN/results_<name>.json` rebuilds it.
 
 --name defaults to the data directory's name and the manifest's, e.g. `results_iab_standard.json`.
+
+--evals runs only the named evals of the config. A standard eval the run's config lacks (a run
+made before it existed) is added with its defaults: `--evals detection` scores any finished run as
+a real/fake detector (1 − P(real), iab_jax.evaluators.detection) into results_detection.json.
 """
 
 from __future__ import annotations
@@ -33,10 +38,29 @@ from iab_jax import cli, errors, runs  # noqa: E402
 
 
 
-def _default_name(run_config, config) -> str:
+# Evals `--evals` may add to a run whose config lacks them, with their defaults.
+def _standard_evals() -> dict:
+  from configs import common
+
+  return {"detection": common.detection_eval()}
+
+
+def select_evals(config, names: str) -> None:
+  """Keeps only the comma-separated evals `names` in config.evals, adding _standard_evals' that
+  the config lacks; a name that is neither is an error naming the known ones."""
+  wanted = [n.strip() for n in names.split(",") if n.strip()]
+  known = {**_standard_evals(), **config.evals.to_dict()}
+  unknown = [n for n in wanted if n not in known]
+  if unknown or not wanted:
+    raise errors.UserError(f"--evals={names!r}: expected names among {', '.join(sorted(known))}")
+  with config.unlocked():
+    config.evals = {n: known[n] for n in wanted}
+
+
+def _default_name(run_config, config, evals: str = "") -> str:
   if (config.input.data_dir == run_config.input.data_dir
       and config.input.manifest == run_config.input.manifest):
-    return "retest"
+    return evals.replace(",", "_") if evals else "retest"
   data = os.path.basename(os.path.normpath(config.input.data_dir)) or "data"
   manifest = os.path.splitext(os.path.basename(config.input.manifest or "default"))[0]
   return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{data}_{manifest}")
@@ -107,7 +131,9 @@ def main(argv, config) -> None:
   workdir = flags.FLAGS.workdir
   try:
     run_config = runs.load_config(workdir)
-    name = flags.FLAGS.name or _default_name(run_config, config)
+    if flags.FLAGS.evals:
+      select_evals(config, flags.FLAGS.evals)
+    name = flags.FLAGS.name or _default_name(run_config, config, flags.FLAGS.evals or "")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
       raise errors.UserError(f"--name={name!r}; expected letters, digits, '.', '_' or '-'")
     cli.validate(config)
@@ -144,6 +170,8 @@ def run_cli(argv=None) -> None:
   # the same names in the same absl registry).
   flags.DEFINE_string("workdir", None, "the run directory (holds config.json and checkpoints/)")
   flags.DEFINE_string("name", None, "results go to <workdir>/results_<name>.json")
+  flags.DEFINE_string("evals", None, "comma-separated evals to run (default: all of the "
+                      "config's); `detection` can be added to any run")
   flags.DEFINE_string("checkpoint", "best", "which checkpoint: best (by validation), last, or a "
                       "saved step")
   config_flag = config_flags.DEFINE_config_dict("config", run_config,

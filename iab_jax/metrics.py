@@ -351,3 +351,51 @@ def oscr(confidence: np.ndarray, correct_known: np.ndarray, is_known: np.ndarray
   """
   fpr, ccr = oscr_curve(confidence, correct_known, is_known)
   return float(np.sum(np.diff(fpr) * (ccr[1:] + ccr[:-1]) / 2.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection: real against generated images, by a score of being generated.
+
+
+def detection_metrics(p_fake: np.ndarray, is_fake: np.ndarray,
+                      threshold: float = 0.5) -> dict[str, Any]:
+  """The detection numbers of the ACM paper's tables (and of CNNDetection and UnivFD, whose
+  evaluation code they follow), generated ("fake") being the positive class.
+
+  Args:
+    p_fake: (N,) score of being generated, e.g. 1 - P(real).
+    is_fake: (N,) True for generated images, False for real ones.
+    threshold: an image is predicted fake iff p_fake > threshold, strictly, as CNNDetection's
+      and UnivFD's `y_pred > 0.5`: a score of exactly 0.5 counts as real.
+
+  Returns:
+    ap (average precision, scikit-learn's average_precision_score), accuracy (over all images),
+    f1 (scikit-learn's f1_score of the fake class; 0 when no image is predicted fake, as its
+    zero_division=0), real_accuracy and fake_accuracy (accuracy over each class's images alone),
+    num_real, num_fake.
+
+  Raises:
+    ValueError: shapes differ, a score is not finite, or either class has no image (AP and the
+      per-class accuracies would be undefined).
+  """
+  p_fake, is_fake = _check_binary(np.asarray(p_fake, np.float64), np.asarray(is_fake, bool))
+  num_fake = int(is_fake.sum())
+  num_real = int(is_fake.size - num_fake)
+  if not num_fake or not num_real:
+    raise ValueError(f"detection metrics need real and fake images; got {num_real} real and "
+                     f"{num_fake} fake")
+  predicted = p_fake > threshold
+  true_pos = int((predicted & is_fake).sum())
+  false_pos = int((predicted & ~is_fake).sum())
+  false_neg = num_fake - true_pos
+  return {
+      "ap": _auc_and_ap(p_fake, is_fake)[1],
+      "accuracy": float((predicted == is_fake).mean()),
+      # 2 TP / (2 TP + FP + FN) is the harmonic mean of precision and recall, and 0 when nothing
+      # is predicted fake (FN > 0 there, since there are fakes): sklearn's zero_division=0.
+      "f1": float(2 * true_pos / (2 * true_pos + false_pos + false_neg)),
+      "real_accuracy": float((num_real - false_pos) / num_real),
+      "fake_accuracy": float(true_pos / num_fake),
+      "num_real": num_real,
+      "num_fake": num_fake,
+  }

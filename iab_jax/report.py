@@ -23,10 +23,18 @@ over the targets) from evals of type image_to_model, and open_set.md/.csv (Table
 method, closed-set accuracy, AUROC and OSCR per fold and their mean ± std over folds) from the
 open_set evals of `openset:<k>` runs.
 
+Runs with a detection eval (every run by default: an attributor is a detector by 1 - P(real),
+iab_jax/evaluators/detection.py) add the ACM paper's tables: detection_ap.md/.csv and
+detection_accuracy.md/.csv (Tables 1-2: one row per run, a column per generator and the Avg),
+detection_sources.md/.csv (Table 3: AP and ACC over the generators seen in training, the unseen
+ones, and all), and, when degraded levels were scored, detection_levels_ap/_accuracy.md/.csv (the
+mean over generators at each degradation level). Evals that were skipped (a run without a class
+"real") are left out.
+
 Outputs in --out: table3.md, table3.csv, table3.tex (when a run is a standard, semantic or group
-run), image_to_model.md/.csv and open_set.md/.csv (when runs carry those evals), one
-confusion-matrix PNG per run and eval, and TensorBoard summaries of Table 3 through a CLU metric
-writer.
+run), image_to_model.md/.csv, open_set.md/.csv and the detection tables (when runs carry those
+evals), one confusion-matrix PNG per run and eval, and TensorBoard summaries of Table 3 through a
+CLU metric writer.
 """
 
 from __future__ import annotations
@@ -668,14 +676,130 @@ def grid_csv(table: GridTable) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Detection tables (the ACM paper's Tables 1-3), from the evals of type detection
+# (iab_jax/evaluators/detection.py): every run, attributor or detector, scored by 1 - P(real).
+
+DETECTION_METRICS = {"ap": "AP", "accuracy": "ACC", "f1": "F1", "real_accuracy": "Real ACC",
+                     "fake_accuracy": "Fake ACC"}
+DETECTION_AVG = "Avg"
+DETECTION_SOURCE_COLUMNS = ("Seen AP", "Seen ACC", "Unseen AP", "Unseen ACC", "Avg AP", "Avg ACC")
+
+
+def _check_detection_metric(metric: str) -> str:
+  if metric not in DETECTION_METRICS:
+    raise ValueError(f"detection metric {metric!r}; known: {', '.join(DETECTION_METRICS)}")
+  return DETECTION_METRICS[metric]
+
+
+def _detection_rows(runs: Sequence[dict[str, Any]],
+                    level: int | None = 0) -> list[tuple[str, dict[str, Any]]]:
+  """(row title, eval) of every detection eval of the runs, in run order; with `level`, only
+  evals that scored that level. Skipped evals ({"skipped": ...}) have no levels and drop out."""
+  rows = []
+  for run in runs:
+    found = []
+    for name, ev in sorted((run.get("evals") or {}).items()):
+      levels = (ev or {}).get("levels") or {}
+      if any(isinstance(e, dict) and "per_generator" in e for e in levels.values()):
+        if level is None or str(level) in levels:
+          found.append((name, ev))
+    for name, ev in found:
+      parts = [run["task"]]
+      source = ((run.get("config") or {}).get("acm") or {}).get("source")
+      if source:  # the one class ACM's attribution space was fit on (its Table 3's rows)
+        parts.append(f"source {source}")
+      if len(found) > 1:
+        parts.append(name)
+      rows.append((f"{run.get('method_display') or run['method']} ({', '.join(parts)})", ev))
+  return rows
+
+
+def _grid(title: str, corner: str, rows: Sequence[str], columns: Sequence[str],
+          values: np.ndarray) -> GridTable:
+  return GridTable(title=title, corner=corner, rows=tuple(rows), columns=tuple(columns),
+                   values=values, stds=np.full_like(values, np.nan))
+
+
+def detection_table(runs: Sequence[dict[str, Any]], metric: str = "ap",
+                    level: int = 0) -> GridTable | None:
+  """Tables 1/2 of the ACM paper: one row per run and detection eval, one column per generator
+  (the registry's order) and the Avg over the run's generators, cells `metric` (%) of real
+  against that generator. None when no run has a detection eval at `level`."""
+  title = _check_detection_metric(metric)
+  rows = _detection_rows(runs, level)
+  if not rows:
+    return None
+  entries = [ev["levels"][str(level)] for _, ev in rows]
+  gens = generators.class_order({g for e in entries for g in e["per_generator"]})
+  values = np.full((len(rows), len(gens) + 1), np.nan)
+  for r, entry in enumerate(entries):
+    for c, g in enumerate(gens):
+      if g in entry["per_generator"]:
+        values[r, c] = _pct(entry["per_generator"][g][metric])
+    values[r, -1] = _pct(entry["mean"][metric])
+  return _grid(f"Detection ({degradations.LEVEL_NAMES[level]}): {title} (%) of real against "
+               "each generator; Avg over the generators.", "Method", [t for t, _ in rows],
+               gens + [DETECTION_AVG], values)
+
+
+def detection_sources_table(runs: Sequence[dict[str, Any]], level: int = 0) -> GridTable | None:
+  """Table 3 of the ACM paper by what each run trained on: AP and ACC (%) averaged over the
+  generators it saw in training (the level's "trained_on"), over the others, and over all.
+  None when no run has a detection eval at `level`."""
+  rows = _detection_rows(runs, level)
+  if not rows:
+    return None
+  values = np.full((len(rows), len(DETECTION_SOURCE_COLUMNS)), np.nan)
+  for r, (_, ev) in enumerate(rows):
+    entry = ev["levels"][str(level)]
+    seen = set(entry.get("trained_on") or ())
+    for half, pick in enumerate((lambda g: g in seen, lambda g: g not in seen)):
+      got = [m for g, m in entry["per_generator"].items() if pick(g)]
+      for k, metric in enumerate(("ap", "accuracy")):
+        if got:
+          values[r, 2 * half + k] = float(np.mean([_pct(m[metric]) for m in got]))
+    values[r, 4], values[r, 5] = _pct(entry["mean"]["ap"]), _pct(entry["mean"]["accuracy"])
+  return _grid(f"Detection by training source ({degradations.LEVEL_NAMES[level]}), %: AP and "
+               "ACC averaged over the generators seen in training, the unseen ones, and all.",
+               "Method", [t for t, _ in rows], DETECTION_SOURCE_COLUMNS, values)
+
+
+def detection_levels_table(runs: Sequence[dict[str, Any]],
+                           metric: str = "ap") -> GridTable | None:
+  """Detection under the benchmark's degradations: one row per run and detection eval, one
+  column per degradation level, cells `metric` (%) averaged over the generators. None unless a
+  run scored a degraded level (the clean column alone is detection_table's Avg)."""
+  title = _check_detection_metric(metric)
+  rows = _detection_rows(runs, None)
+  if not any(int(k) > 0 for _, ev in rows for k in ev["levels"]):
+    return None
+  values = np.full((len(rows), degradations.NUM_LEVELS), np.nan)
+  for r, (_, ev) in enumerate(rows):
+    for key, entry in ev["levels"].items():
+      values[r, int(key)] = _pct(entry["mean"][metric])
+  return _grid(f"Detection under degradations: {title} (%) averaged over the generators.",
+               "Method", [t for t, _ in rows], degradations.LEVEL_NAMES, values)
+
+
+def detection_grids(runs: Sequence[dict[str, Any]], level: int = 0) -> dict[str, GridTable]:
+  """The detection tables the runs have, by output file stem."""
+  grids = {"detection_ap": detection_table(runs, "ap", level),
+           "detection_accuracy": detection_table(runs, "accuracy", level),
+           "detection_sources": detection_sources_table(runs, level),
+           "detection_levels_ap": detection_levels_table(runs, "ap"),
+           "detection_levels_accuracy": detection_levels_table(runs, "accuracy")}
+  return {stem: grid for stem, grid in grids.items() if grid is not None}
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m iab_jax.report",
-      description="Rebuild Table 3 (standard and semantic task accuracy), and the image-to-model "
-                  "and open-set tables where runs have them, from run results.")
+      description="Rebuild Table 3 (standard and semantic task accuracy), and the image-to-model, "
+                  "open-set and detection tables where runs have them, from run results.")
   parser.add_argument("--runs", nargs="+", required=True,
                       help="run directories, results.json files, or folders searched for them")
   parser.add_argument("--out", required=True, help="output directory")
@@ -688,13 +812,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   try:
     runs = load_runs(args.runs, latest=args.latest)
-    grids = {"image_to_model": image_to_model_table(runs), "open_set": open_set_table(runs)}
+    grids = {"image_to_model": image_to_model_table(runs), "open_set": open_set_table(runs),
+             **detection_grids(runs)}
     try:
       table = table3(runs, eval_name=args.eval)
     except ValueError:
       if not any(grids.values()):  # nothing to write at all
         raise
-      table = None  # only OFA-style runs (open-set, image-to-model)
+      table = None  # only OFA-style runs (open-set, image-to-model) or detection runs
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -150,6 +150,24 @@ def test_evaluate_on_another_manifest(trained, own_data):
   assert "| Small CNN (group split) |" in done.stdout
 
 
+def test_evaluate_scores_any_run_as_a_detector(trained):
+  """--evals detection adds the detection eval to a run whose config predates it and runs only
+  that: 1 − P(real) against each generator, into results_detection.json."""
+  workdir, _ = trained
+  done = _run("iab_jax.evaluate", f"--workdir={workdir}", "--evals=detection",
+              "--config.evals.detection.levels=0")
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "results_detection.json")) as f:
+    results = json.load(f)
+  assert list(results["evals"]) == ["detection"]
+  clean = results["evals"]["detection"]["levels"]["0"]
+  assert set(clean["per_generator"]) == {"SDXL", "FLUX"}
+  assert sorted(clean["trained_on"]) == ["FLUX", "SDXL"]
+  assert "Detection (Clean): AP" in done.stdout
+  bad = _run("iab_jax.evaluate", f"--workdir={workdir}", "--evals=nope")
+  assert bad.returncode == 2 and "--evals='nope'" in bad.stderr.strip().splitlines()[-1]
+
+
 def test_evaluate_on_other_data_scores_the_known_generators_only(trained, tmp_path):
   workdir, _ = trained
   src, data = str(tmp_path / "images"), str(tmp_path / "data")

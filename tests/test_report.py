@@ -473,3 +473,132 @@ def test_cli_writes_the_ofa_tables(tmp_path, capsys):
   written = sorted(os.listdir(tmp_path / "out2"))
   assert written == ["confusion_ofa_openset_0_test.png", "open_set.csv", "open_set.md"]
   assert "| ofa | 98.00±0.00 | 90.00 | 88.00 |" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection tables (the ACM paper's Tables 1-3) from evals of type detection.
+
+
+def detection_level(level: int, per_generator: dict, trained_on=()) -> dict:
+  """A detection eval's level entry: per_generator {gen: (ap, accuracy)}, the mean over them."""
+  per = {g: {"ap": ap, "accuracy": acc, "f1": 0.5, "real_accuracy": 0.5, "fake_accuracy": 0.5,
+             "num_real": 10, "num_fake": 10} for g, (ap, acc) in per_generator.items()}
+  mean = {k: float(np.mean([m[k] for m in per.values()]))
+          for k in ("ap", "accuracy", "f1", "real_accuracy", "fake_accuracy")}
+  return {"level": level, "level_name": degradations.LEVEL_NAMES[level], **mean, "mean": mean,
+          "per_generator": per, "pooled": dict(per[next(iter(per))]),
+          "trained_on": list(trained_on), "num_real": 10, "num_fake": 10 * len(per)}
+
+
+def detection_runs() -> list[dict]:
+  resnet = make_run("resnet50", "standard", [0.9] * 7)
+  resnet["evals"]["detection"] = {"split": "test", "levels": {
+      "0": detection_level(0, {"SDXL": (0.9, 0.8), "4o": (0.7, 0.6), "my_gan": (0.5, 0.4)},
+                           trained_on=("4o", "SDXL")),
+      "3": detection_level(3, {"SDXL": (0.6, 0.5), "4o": (0.5, 0.5), "my_gan": (0.4, 0.3)},
+                           trained_on=("4o", "SDXL"))}}
+  acm = make_run("acm", "detection:SD1_5", [0.5] * 7)
+  acm["method_display"] = "ACM"
+  acm["config"] = {"acm": {"source": "real"}}
+  acm["evals"] = {"detection": {"split": "test", "levels": {
+      "0": detection_level(0, {"SD1_5": (1.0, 0.95), "4o": (0.8, 0.7)}, trained_on=("SD1_5",))}}}
+  # A run without a real class: its detection eval was skipped, and must not show.
+  folders = make_run("small_cnn", "group", [0.8] * 7)
+  folders["evals"]["detection"] = {"skipped": "the run's classes have no class of real images"}
+  return [resnet, acm, folders, make_run("dct_cnn", "standard", [0.7] * 7)]
+
+
+def test_detection_tables():
+  runs = detection_runs()
+  table = report.detection_table(runs, "ap")
+  assert table.rows == ("ResNet-50 (standard)", "ACM (detection:SD1_5, source real)")
+  # The registry's generator order, unregistered names last, then the Avg.
+  assert table.columns == ("4o", "SD1_5", "SDXL", "my_gan", "Avg")
+  np.testing.assert_allclose(table.values, [[70, np.nan, 90, 50, 70], [80, 100, np.nan, np.nan,
+                                                                        90]])
+  acc = report.detection_table(runs, "accuracy")
+  np.testing.assert_allclose(acc.values[0], [60, np.nan, 80, 40, 60])
+  assert "ACC (%)" in acc.title and "AP (%)" in table.title
+  md = report.grid_markdown(table)
+  assert "| Method | 4o | SD1_5 | SDXL | my_gan | Avg |" in md
+  assert "| ACM (detection:SD1_5, source real) | 80.00 | 100.00 | – | – | 90.00 |" in md
+  rows = list(csv.reader(io.StringIO(report.grid_csv(table))))
+  assert rows[0] == ["method", "4o", "SD1_5", "SDXL", "my_gan", "Avg"]
+  assert rows[1] == ["ResNet-50 (standard)", "70.0", "", "90.0", "50.0", "70.0"]
+  # At a degraded level only the runs that scored it.
+  degraded = report.detection_table(runs, "ap", level=3)
+  assert degraded.rows == ("ResNet-50 (standard)",) and "JPEG q65" in degraded.title
+  np.testing.assert_allclose(degraded.values, [[50, 60, 40, 50]])
+  with pytest.raises(ValueError, match="detection metric 'auc'"):
+    report.detection_table(runs, "auc")
+
+
+def test_detection_sources_table():
+  table = report.detection_sources_table(detection_runs())
+  assert table.columns == ("Seen AP", "Seen ACC", "Unseen AP", "Unseen ACC", "Avg AP", "Avg ACC")
+  np.testing.assert_allclose(table.values, [[80, 70, 50, 40, 70, 60], [100, 95, 80, 70, 90,
+                                                                        82.5]])
+  md = report.grid_markdown(table)
+  assert "| ResNet-50 (standard) | 80.00 | 70.00 | 50.00 | 40.00 | 70.00 | 60.00 |" in md
+  # A run trained on every generator it is tested on has no unseen column.
+  run = detection_runs()[1]
+  run["evals"]["detection"]["levels"]["0"]["trained_on"] = ["SD1_5", "4o"]
+  np.testing.assert_allclose(report.detection_sources_table([run]).values,
+                             [[90, 82.5, np.nan, np.nan, 90, 82.5]])
+
+
+def test_detection_levels_table():
+  runs = detection_runs()
+  table = report.detection_levels_table(runs, "ap")
+  assert table.columns == degradations.LEVEL_NAMES
+  assert table.rows == ("ResNet-50 (standard)", "ACM (detection:SD1_5, source real)")
+  want = np.full((2, 7), np.nan)
+  want[0, 0], want[0, 3], want[1, 0] = 70, 50, 90
+  np.testing.assert_allclose(table.values, want)
+  np.testing.assert_allclose(report.detection_levels_table(runs, "accuracy").values[0, [0, 3]],
+                             [60, 130 / 3])
+  # The clean level alone is detection_table's Avg column: no table of its own.
+  assert report.detection_levels_table(runs[1:], "ap") is None
+
+
+def test_no_detection_tables_without_detection_evals():
+  runs = detection_runs()[2:]  # a skipped detection eval and a run without one
+  assert report.detection_table(runs) is None
+  assert report.detection_sources_table(runs) is None
+  assert report.detection_levels_table(runs) is None
+  assert report.detection_grids(runs) == {}
+
+
+def test_cli_writes_the_detection_tables(tmp_path, capsys):
+  runs = tmp_path / "runs"
+  for i, run in enumerate(detection_runs()):
+    write_run(runs, f"run{i}", run)
+  out = tmp_path / "out"
+  assert report.main(["--runs", str(runs), "--out", str(out), "--no_summaries"]) == 0
+  printed = capsys.readouterr().out
+  stems = ("detection_ap", "detection_accuracy", "detection_sources", "detection_levels_ap",
+           "detection_levels_accuracy")
+  for stem in stems:
+    assert (out / f"{stem}.md").read_text(encoding="utf-8") in printed
+    assert (out / f"{stem}.csv").stat().st_size > 0
+  # Detection runs alone: no Table 3, still the detection tables.
+  only = tmp_path / "only"
+  write_run(only, "a", detection_runs()[1])
+  assert report.main(["--runs", str(only), "--out", str(tmp_path / "out2"),
+                      "--no_summaries"]) == 0
+  assert sorted(os.listdir(tmp_path / "out2")) == sorted(
+      f"{s}.{e}" for s in stems[:3] for e in ("md", "csv"))
+  assert "| ACM (detection:SD1_5, source real) | 80.00 | 100.00 | 90.00 |" in (
+      capsys.readouterr().out)
+
+
+def test_print_table_shows_the_detection_tables(capsys):
+  from iab_jax import cli
+
+  cli.print_table(detection_runs()[0])
+  printed = capsys.readouterr().out
+  assert "| ResNet-50 (standard) | 70.00 | 90.00 | 50.00 | 70.00 |" in printed  # AP
+  assert "| ResNet-50 (standard) | 60.00 | 80.00 | 40.00 | 60.00 |" in printed  # ACC
+  assert "Seen AP" in printed and "JPEG q65" in printed and "Clean Acc. (%)" in printed
+  cli.print_table(detection_runs()[2])  # skipped: Table 3's group row only
+  assert "Detection" not in capsys.readouterr().out

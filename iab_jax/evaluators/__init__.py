@@ -12,6 +12,7 @@ from typing import Any
 
 _REGISTRY = {
     "classification": "iab_jax.evaluators.classification:Evaluator",
+    "detection": "iab_jax.evaluators.detection:Evaluator",
     "image_to_model": "iab_jax.evaluators.image_to_model:Evaluator",
     "open_set": "iab_jax.evaluators.open_set:Evaluator",
 }
@@ -38,9 +39,10 @@ def provider(method, *, data, config, mesh):
 
 
 def make(name: str, cfg: dict[str, Any], *, method, data, mesh, config, transform: str,
-         features=None):
+         features=None, memo: dict | None = None):
   """The evaluator `config.evals[name]` describes (type, split, levels, ...), reading its data
-  with the run's input settings; `features` is the run's features.Provider (frozen features)."""
+  with the run's input settings; `features` is the run's features.Provider (frozen features);
+  `memo` a dict the evaluators of one pass over the same variables share their scores in."""
   from iab_jax.data import pipeline
 
   cfg = dict(cfg)
@@ -53,7 +55,7 @@ def make(name: str, cfg: dict[str, Any], *, method, data, mesh, config, transfor
     return get(kind, f"evals.{name}")(
         name=name, method=method, data=data, mesh=mesh, transform=cfg.pop("transform", transform),
         batch_size=batch_size, reading=pipeline.reading_options(config.input), features=features,
-        **cfg)
+        memo=memo, **cfg)
   except TypeError as e:
     raise ValueError(f"config.evals.{name}: {e}") from None
 
@@ -66,11 +68,14 @@ def run_all(config, *, method, data, mesh, variables, transform: str, writer=Non
 
   if features is None:
     features = provider(method, data=data, config=config, mesh=mesh)
-  results = {}
-  for name, eval_cfg in config.evals.items():
+  results, memo = {}, {}
+  # Classification evals first: they are the run's headline, and the others reuse their scores.
+  ordered = sorted(config.evals.items(),
+                   key=lambda item: item[1].get("type", "classification") != "classification")
+  for name, eval_cfg in ordered:
     cfg = eval_cfg.to_dict() if hasattr(eval_cfg, "to_dict") else dict(eval_cfg)
     evaluator = make(name, cfg, method=method, data=data, mesh=mesh, config=config,
-                     transform=transform, features=features)
+                     transform=transform, features=features, memo=memo)
     results[name] = evaluator.run(variables)
     if writer is not None:
       writer.write_scalars(step, classification.scalars(name, results[name]))

@@ -14,6 +14,7 @@ with a reject class (Method.reject_class) is scored on its first num_classes col
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 import weakref
 from typing import Any, Sequence
@@ -61,14 +62,19 @@ class Runner:
   position and drops the padding of the last global batch. A method that reads no pixels gets its
   cached features (the run's features.Provider) and no images are decoded. Every evaluator of a
   run shares one compilation per (function, batch shapes).
+
+  `memo`: a dict shared by the evaluators of one pass over the same variables (evaluators.run_all
+  makes one): outputs of the same function on the same records, level and transform are computed
+  once, so the detection eval reads the scores the test eval already made.
   """
 
   def __init__(self, *, name: str, method, data, mesh, transform: str, batch_size: int,
-               reading=None, features=None):
+               reading=None, features=None, memo: dict | None = None):
     self.name, self.method, self.data, self.mesh = name, method, data, mesh
     self.transform, self.batch_size = transform, batch_size
     self.reading = dict(reading or {})  # pipeline.make_dataset's reading keywords
     self.features = features if features else None
+    self.memo = memo
     sharding.check_batch_size(batch_size, f"evals.{name}.batch_size")
 
   def step(self, fn, variables, batch):
@@ -110,6 +116,12 @@ class Runner:
     positions = np.asarray(positions, np.int64)
     if not len(positions):
       raise ValueError(f"evals.{self.name}: no records of split {split!r} to score")
+    key = None
+    if self.memo is not None:
+      key = (fn, self.transform, split, level, limit,
+             hashlib.sha256(positions.tobytes()).hexdigest())
+      if key in self.memo:
+        return dict(self.memo[key])
     parts = []
     if self.features is not None and not self.method.uses_images:
       for batch in self._feature_batches(split, positions, level, limit):
@@ -129,7 +141,10 @@ class Runner:
         pipeline.close(it)
     out = {k: np.concatenate([p[k] for p in sharding.to_host(parts)]) for k in parts[0]}
     keep = out.pop("mask")
-    return {k: v[keep] for k, v in out.items()}
+    out = {k: v[keep] for k, v in out.items()}
+    if key is not None:
+      self.memo[key] = out
+    return dict(out)
 
 
 def known_columns(method, scores: np.ndarray) -> np.ndarray:
@@ -147,7 +162,7 @@ class Evaluator:
 
   def __init__(self, *, name: str, method, data, mesh, transform: str, batch_size: int,
                split: str = "test", levels: Sequence[int] = (0,), reading=None,
-               max_examples: int = 0, features=None):
+               max_examples: int = 0, features=None, memo: dict | None = None):
     """max_examples: score only that many of the split's records, evenly spread (0: all).
     features: the run's features.Provider when the method reads frozen features."""
     self.name, self.method, self.data, self.mesh = name, method, data, mesh
@@ -156,7 +171,8 @@ class Evaluator:
     self.max_examples = int(max_examples or 0)
     self.positions = features_lib.spread(data.positions(split), self.max_examples)
     self.runner = Runner(name=name, method=method, data=data, mesh=mesh, transform=transform,
-                         batch_size=batch_size, reading=reading, features=features)
+                         batch_size=batch_size, reading=reading, features=features,
+                         memo=memo)
     groups = data.dataset.column("group").astype(str)
     self.groups = groups if (groups != "").any() else None
 
@@ -208,9 +224,9 @@ class Evaluator:
 
 
 # The headline numbers of each evaluator type's levels: classification, open-set (open_set.py),
-# image-to-model (image_to_model.py).
+# image-to-model (image_to_model.py), detection (detection.py: means over the generators).
 _SCALARS = ("accuracy", "auc_macro", "ap_macro", "closed_set_accuracy", "auroc", "oscr",
-            "auc_ovo_mean", "auc_ovr_mean")
+            "auc_ovo_mean", "auc_ovr_mean", "ap", "f1")
 
 
 def scalars(name: str, results: dict[str, Any]) -> dict[str, float]:

@@ -59,9 +59,7 @@ def _mean_pair_scores(method, variables, query, support, valid):
   return scores @ weights / jnp.maximum(weights.sum(), 1.0)
 
 
-def is_real(name: str) -> bool:
-  gen = generators.lookup(name)
-  return gen.is_real if gen else name == "real"
+is_real = generators.is_real_name
 
 
 def _with_all_split(data):
@@ -124,7 +122,7 @@ class Evaluator:
                split: str = "test", classes: str | Sequence[str] = GENERATORS,
                support: int = 100, queries: int = 100, seed: int = 0,
                levels: Sequence[int] = (0,), reading=None, max_examples: int = 0,
-               features=None):
+               features=None, memo: dict | None = None):
     del max_examples  # the support and query sets are the sample
     for key, value in (("support", support), ("queries", queries)):
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -160,7 +158,7 @@ class Evaluator:
                        seed=self.seed) for c in self.classes]
     self.runner = classification.Runner(name=name, method=method, data=data, mesh=mesh,
                                         transform=transform, batch_size=batch_size,
-                                        reading=reading, features=features)
+                                        reading=reading, features=features, memo=memo)
     self._pair_step = jax.jit(functools.partial(_mean_pair_scores, method))
 
   def embeddings(self, variables, level: int) -> dict[int, np.ndarray]:

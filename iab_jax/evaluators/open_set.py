@@ -38,7 +38,7 @@ class Evaluator:
   def __init__(self, *, name: str, method, data, mesh, transform: str, batch_size: int,
                split: str = "test", unknown_split: str = "test_unknown",
                levels: Sequence[int] = (0,), reading=None, max_examples: int = 0,
-               features=None):
+               features=None, memo: dict | None = None):
     self.name, self.method, self.data = name, method, data
     self.levels = [degradations.check_level(k) for k in levels]
     self.max_examples = int(max_examples or 0)
@@ -49,7 +49,8 @@ class Evaluator:
                       for s in self.splits}
     self.runner = classification.Runner(name=name, method=method, data=data, mesh=mesh,
                                         transform=transform, batch_size=batch_size,
-                                        reading=reading, features=features)
+                                        reading=reading, features=features,
+                                        memo=memo)
     self.generator = data.dataset.column("generator").astype(str)
 
   def scores(self, variables, level: int) -> dict[str, np.ndarray]:
