@@ -74,7 +74,7 @@ def get_config(arg: str = "standard"):
     config.model = {"backbone": backbone, "pretrained": "clip_vit_l14_openai", "weights_dir": "",
                     "width": 1024, "layers": 24, "heads": 16, "patch_size": 14, "image_size": 224,
                     "embed_dim": 768, "activation": "quick_gelu", "dtype": "float32"}
-  if not config.task.startswith("openset"):
+  if not config.task.startswith(("openset", "detection")):
     # Image-to-model verification on the frozen features (cosine similarity), beside Table 3.
     config.evals.image_to_model = {"type": "image_to_model", "split": "test",
                                    "classes": "generators", "support": 100, "queries": 100,

@@ -24,6 +24,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "ofa_simulator": ("OFA simulator", "iab_jax.methods.ofa_simulator:OfaSimulator"),
     "ofa": ("OFA", "iab_jax.methods.ofa:Ofa"),
     "embedding_lr": ("Features+LR", "iab_jax.methods.embedding_lr:EmbeddingLR"),
+    "acm": ("ACM", "iab_jax.methods.acm:Acm"),
 }
 
 

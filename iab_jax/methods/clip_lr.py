@@ -38,6 +38,20 @@ class ClipLR(base.Method):
 
   @classmethod
   def check_config(cls, config):
+    cls.check_tower(config)
+    lr = config.get("logistic")
+    if lr is None:
+      raise ValueError(f"config.logistic is missing; expected {', '.join(_LOGISTIC_FIELDS)}")
+    unknown = set(lr) - set(_LOGISTIC_FIELDS)
+    if unknown:
+      raise ValueError(f"config.logistic.{sorted(unknown)[0]}: unknown; expected "
+                       f"{', '.join(_LOGISTIC_FIELDS)}")
+    if lr.get("C", 1.0) <= 0:
+      raise ValueError(f"config.logistic.C={lr.C}; expected > 0 (inverse L2 strength)")
+
+  @classmethod
+  def check_tower(cls, config):
+    """config.model: the frozen CLIP image tower's architecture and weights."""
     model = config.get("model")
     if model is None:
       raise ValueError("config.model is missing; expected the CLIP image tower's architecture "
@@ -53,15 +67,6 @@ class ClipLR(base.Method):
     if model.activation not in ("gelu", "quick_gelu"):
       raise ValueError(f"config.model.activation={model.activation!r}; expected 'gelu' (LAION) or "
                        "'quick_gelu' (OpenAI)")
-    lr = config.get("logistic")
-    if lr is None:
-      raise ValueError(f"config.logistic is missing; expected {', '.join(_LOGISTIC_FIELDS)}")
-    unknown = set(lr) - set(_LOGISTIC_FIELDS)
-    if unknown:
-      raise ValueError(f"config.logistic.{sorted(unknown)[0]}: unknown; expected "
-                       f"{', '.join(_LOGISTIC_FIELDS)}")
-    if lr.get("C", 1.0) <= 0:
-      raise ValueError(f"config.logistic.C={lr.C}; expected > 0 (inverse L2 strength)")
 
   @property
   def dim(self) -> int:

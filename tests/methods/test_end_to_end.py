@@ -97,3 +97,17 @@ def test_attribute_takes_several_views_and_the_headline_rule(method, tiny_bench,
   np.testing.assert_allclose(probabilities, np.asarray(attributor.method.headline(scores)),
                              rtol=1e-5, atol=1e-6)
   assert probabilities.shape == (4, 7)
+
+
+@pytest.mark.parametrize("method", ("dct_cnn", "embedding_lr"))
+def test_any_method_trains_on_a_detection_task(method, tiny_bench, tmp_path):
+  """`configs/<method>.py:detection:<generator>`: a two-class run (real, fake) on the real images
+  and one generator's, tested real against every generator by the detection eval."""
+  workdir = str(tmp_path / "run")
+  config, _ = run_method(method, "detection:mini_nearest", tiny_bench, workdir)
+  with open(os.path.join(workdir, runs.RESULTS_JSON)) as f:
+    saved = json.load(f)
+  assert saved["classes"] == ["real", "fake"] and list(saved["evals"]) == ["detection"]
+  clean = saved["evals"]["detection"]["levels"]["0"]
+  assert clean["trained_on"] == ["mini_nearest"] and len(clean["per_generator"]) == 6
+  assert sorted(saved["evals"]["detection"]["levels"], key=int) == [str(k) for k in range(7)]
