@@ -17,6 +17,19 @@ verification and the five open-set folds (FINGERPRINT_PLAN: the OFA simulator, t
 names it, its open-set heads that name the extractor, and the same evaluators on ResNet-50 and
 CLIP ViT features), then the image-to-model and open-set tables and each of them split by whether
 a generator's up-sampler, activation and norm lie inside the simulator's search space.
+
+Detection (the ACM paper's protocol, iab_jax.evaluators.detection), on the mini-bench:
+
+  python -m iab_jax.sweep --preset detection --workdir workdir/sweep
+  python -m iab_jax.sweep --preset detection_fractions --workdir workdir/sweep --fractions 0.01,0.1,1
+
+`detection` trains ACM on detection:<generator> (--generator, default mini_bicubic) with the real
+images as the autoencoder's class and with the generator's (Table 3's variant), a linear probe on
+the same frozen CLIP features (Features+LR, UnivFD's recipe) on the same task, and scores every
+finished run of the `minibench` preset as a detector (iab_jax.evaluate --evals detection); then
+the detection tables. `detection_fractions` trains ACM and the probe on fractions of the task's
+training set (config.input.train_fraction, the smaller draws inside the larger) and prints mean AP
+and accuracy per fraction.
 """
 
 from __future__ import annotations
@@ -47,6 +60,118 @@ FINGERPRINT_PLAN = (
     *((f"{name}_openset{k}", "embedding_lr", arg.replace("standard", f"openset{k}"), ())
       for name, arg in FEATURE_BASELINES for k in range(5)),
 )
+
+
+DETECTION_GENERATOR = "mini_bicubic"  # the mini-bench generator detection presets train on
+DETECTION_FRACTIONS = (0.01, 0.1, 1.0)
+# (run name, method, config arg, extra flags) of the detection presets; "{g}": the generator.
+DETECTION_PLAN = (
+    ("acm_{g}", "acm", "detection:{g},minibench", ()),
+    ("acm_{g}_source_{g}", "acm", "detection:{g},minibench", ("--config.acm.source={g}",)),
+    ("probe_{g}", "embedding_lr", "detection:{g},minibench,backbone=clip_vit", ()),
+)
+
+
+def detection_plan(generator: str, fractions: Sequence[float] = ()) -> list[tuple]:
+  """DETECTION_PLAN for one generator; with fractions, ACM (real source) and the probe at each
+  fraction of the training set instead (1.0 is the plain run)."""
+  plan = [tuple(x.replace("{g}", generator) if isinstance(x, str) else
+                tuple(f.replace("{g}", generator) for f in x) for x in entry)
+          for entry in DETECTION_PLAN]
+  if not fractions:
+    return plan
+  out = []
+  for name, method, arg, flags in (plan[0], plan[2]):
+    for fraction in fractions:
+      if fraction == 1.0:
+        out.append((name, method, arg, flags))
+        continue
+      batch = _fraction_batch(method, arg, fraction)
+      out.append((f"{name}_f{fraction:g}", method, arg,
+                  (*flags, f"--config.input.train_fraction={fraction:g}",
+                   f"--config.input.batch_size={batch}")))
+  return out
+
+
+def _fraction_batch(method: str, arg: str, fraction: float) -> int:
+  """The config's batch size, or fewer when the fraction leaves fewer training images."""
+  import importlib
+
+  from iab_jax import tasks
+
+  config = importlib.import_module(f"configs.{method}").get_config(arg)
+  config.input.train_fraction = fraction
+  data = tasks.load(config.input, tasks.parse_task(config.task))
+  return int(min(config.input.batch_size, len(data.positions("train"))))
+
+
+def score_as_detectors(root: str, methods: Sequence[str]) -> list[str]:
+  """`iab_jax.evaluate --evals detection` on each finished run of the minibench preset; the
+  results files written (a run scored before is not scored again)."""
+  made = []
+  for method in methods:
+    workdir = os.path.join(root, "minibench", method)
+    target = os.path.join(workdir, "results_detection.json")
+    if not os.path.exists(os.path.join(workdir, "results.json")):
+      print(f"{method}: no finished minibench run in {workdir} (run --preset minibench first); "
+            "not scored as a detector", flush=True)
+      continue
+    if not os.path.exists(target):
+      start = time.perf_counter()
+      with open(os.path.join(workdir, "sweep.log"), "a") as log:
+        status = subprocess.call([sys.executable, "-m", "iab_jax.evaluate",
+                                  f"--workdir={workdir}", "--evals=detection"], stdout=log,
+                                 stderr=subprocess.STDOUT, env=_env())
+      print(f"{method}: scored as a detector, exit {status}, "
+            f"{time.perf_counter() - start:.0f} s", flush=True)
+    if os.path.exists(target):
+      made.append(target)
+  return made
+
+
+def detection(root: str, extra: Sequence[str], generator: str, methods: Sequence[str],
+              fractions: Sequence[float] = ()) -> int:
+  """The `detection` and `detection_fractions` presets."""
+  preset = "detection_fractions" if fractions else "detection"
+  outcomes = run_plan(detection_plan(generator, fractions), preset, root, extra)
+  finished = [o["workdir"] for o in outcomes
+              if os.path.exists(os.path.join(o["workdir"], "results.json"))]
+  if not fractions:
+    finished += score_as_detectors(root, methods)
+  with open(os.path.join(root, f"sweep_{preset}.json"), "w") as f:
+    json.dump(outcomes, f, indent=1)
+  if finished:
+    from iab_jax import report
+
+    report.main(["--runs", *finished, "--out", os.path.join(root, preset, "report"),
+                 "--no_summaries"])
+  if fractions:
+    summary = fraction_summary(outcomes, fractions)
+    with open(os.path.join(root, preset, "fractions.md"), "w") as f:
+      f.write(summary + "\n")
+    print(summary)
+  return 0 if all(o["status"] == 0 for o in outcomes) else 1
+
+
+def fraction_summary(outcomes: Sequence[dict], fractions: Sequence[float]) -> str:
+  """Mean AP / accuracy (%) over the generators, clean, per method and training fraction."""
+  rows: dict[str, dict[float, str]] = {}
+  for o in outcomes:
+    path = os.path.join(o["workdir"], "results.json")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      results = json.load(f)
+    level = results["evals"]["detection"]["levels"]["0"]
+    fraction = float(results["config"]["input"].get("train_fraction", 1.0))
+    name = results.get("method_display") or o["method"]
+    rows.setdefault(name, {})[fraction] = (f"{100 * level['ap']:.1f} / "
+                                           f"{100 * level['accuracy']:.1f}")
+  head = ["method"] + [f"{100 * f:g}% AP / ACC" for f in fractions]
+  lines = ["| " + " | ".join(head) + " |", "|:--|" + "--:|" * len(fractions)]
+  for name, cells in rows.items():
+    lines.append(f"| {name} | " + " | ".join(cells.get(f, "–") for f in fractions) + " |")
+  return "\n".join(lines)
 
 
 def search_space_groups() -> dict[str, list[str]]:
@@ -130,16 +255,26 @@ def run_one(method: str, arg: str, workdir: str, extra: Sequence[str] = ()) -> d
   start = time.perf_counter()
   with open(os.path.join(workdir, "sweep.log"), "a") as log:
     status = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                             env=dict(os.environ, PYTHONPATH=root + os.pathsep
-                                      + os.environ.get("PYTHONPATH", "")))
+                             env=_env())
   return {"method": method, "status": status, "seconds": round(time.perf_counter() - start, 1),
           "workdir": workdir}
 
 
+def _env() -> dict:
+  """The environment of a run's process: this checkout first on the path."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--preset", choices=sorted([*PRESETS, "fingerprints"]),
+  parser.add_argument("--preset", choices=sorted([*PRESETS, "fingerprints", "detection",
+                                                   "detection_fractions"]),
                       default="minibench")
+  parser.add_argument("--generator", default=DETECTION_GENERATOR,
+                      help="detection presets: the generator the detectors train on")
+  parser.add_argument("--fractions", default=",".join(f"{f:g}" for f in DETECTION_FRACTIONS),
+                      help="detection_fractions: training-set fractions in (0, 1]")
   parser.add_argument("--methods", default=",".join(METHODS),
                       help=f"comma-separated (default: {','.join(METHODS)})")
   parser.add_argument("--workdir", default="workdir/sweep")
@@ -157,6 +292,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   if args.preset == "fingerprints":
     return fingerprints(args.workdir, extra)
+  if args.preset.startswith("detection"):
+    fractions = ()
+    if args.preset == "detection_fractions":
+      try:
+        fractions = tuple(float(f) for f in args.fractions.split(",") if f.strip())
+      except ValueError:
+        fractions = ()
+      if not fractions or not all(0 < f <= 1 for f in fractions):
+        print(f"error: --fractions={args.fractions!r}: expected fractions in (0, 1], e.g. "
+              "0.01,0.1,1", file=sys.stderr)
+        return 2
+    return detection(args.workdir, extra, args.generator, methods, fractions)
   outcomes = []
   for method in methods:
     workdir = os.path.join(args.workdir, args.preset, method)

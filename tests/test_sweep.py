@@ -51,3 +51,34 @@ def test_fingerprint_plan_and_search_space_summary():
   cells = [c.strip() for c in rows[0].strip("|").split("|")]
   assert cells == ["ofa", "80.0", "–", "40.0", "–", "–", "20.0", "50.0±0.0", "70.0±10.0",
                    "30.0±0.0"]
+
+
+def test_detection_plans_and_fraction_summary(tmp_path, monkeypatch, capsys):
+  import importlib
+  import json
+  import os
+
+  plan = sweep.detection_plan("mini_lanczos")
+  assert [p[0] for p in plan] == ["acm_mini_lanczos", "acm_mini_lanczos_source_mini_lanczos",
+                                  "probe_mini_lanczos"]
+  assert plan[1][3] == ("--config.acm.source=mini_lanczos",)
+  for _, method, arg, _ in plan:
+    config = importlib.import_module(f"configs.{method}").get_config(arg)
+    assert config.task == "detection:mini_lanczos" and list(config.evals) == ["detection"]
+  monkeypatch.setattr(sweep, "_fraction_batch", lambda method, arg, fraction: 7)
+  plan = sweep.detection_plan("mini_lanczos", (0.1, 1.0))
+  assert [p[0] for p in plan] == ["acm_mini_lanczos_f0.1", "acm_mini_lanczos",
+                                  "probe_mini_lanczos_f0.1", "probe_mini_lanczos"]
+  assert plan[0][3] == ("--config.input.train_fraction=0.1", "--config.input.batch_size=7")
+  outcomes = []
+  for name, fraction, ap in (("a", 0.1, 0.6), ("b", 1.0, 0.75)):
+    workdir = tmp_path / name
+    os.makedirs(workdir)
+    (workdir / "results.json").write_text(json.dumps({
+        "method_display": "ACM", "config": {"input": {"train_fraction": fraction}},
+        "evals": {"detection": {"levels": {"0": {"ap": ap, "accuracy": 0.5}}}}}))
+    outcomes.append({"workdir": str(workdir), "method": "acm"})
+  table = sweep.fraction_summary(outcomes, (0.1, 1.0))
+  assert "| ACM | 60.0 / 50.0 | 75.0 / 50.0 |" in table
+  assert sweep.main(["--preset", "detection_fractions", "--fractions", "0,2"]) == 2
+  assert "--fractions" in capsys.readouterr().err
