@@ -102,7 +102,8 @@ def evaluate(config, workdir: str, name: str, which: str = "best") -> dict:
   _, eval_transform = method.transforms()
   example = supervised.example_image(data, eval_transform, split=splits[0])
   variables = ckpt.restore_variables(
-      step, lambda: method.init(jax.random.key(0), jnp.asarray(example[None]), pretrained=False),
+      step, lambda: method.init(jax.random.key(0), jax.tree.map(lambda x: jnp.asarray(x[None]),
+                                                                example), pretrained=False),
       sharding.replicated(mesh))
   ckpt.close()
   known = int((data.labels[data.positions(splits[0])] >= 0).sum())

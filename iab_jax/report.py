@@ -159,6 +159,13 @@ def _created(run: dict[str, Any]) -> datetime.datetime:
   return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
 
 
+def train_fraction_label(run: dict[str, Any]) -> str:
+  """'train 10%' for a run on a fraction of its training set (config.input.train_fraction),
+  '' for a run on all of it."""
+  fraction = float((((run.get("config") or {}).get("input") or {}).get("train_fraction")) or 1.0)
+  return "" if fraction == 1.0 else f"train {100 * fraction:g}%"
+
+
 def load_runs(paths: Iterable[str | os.PathLike], latest: bool = False) -> list[dict[str, Any]]:
   """Reads the results JSONs under `paths`, one per (method, task).
 
@@ -180,15 +187,17 @@ def load_runs(paths: Iterable[str | os.PathLike], latest: bool = False) -> list[
 
   chosen: dict[tuple[str, str], dict[str, Any]] = {}
   for run in map(_read_results, files):
-    # A method's variants (Features+LR over ResNet-50 or CLIP) differ by their display name.
-    key = (run.get("method_display") or run["method"], run["task"])
+    # A method's variants (Features+LR over ResNet-50 or CLIP, ACM's sources) differ by their
+    # display name; runs on a fraction of the training set by that fraction.
+    key = (run.get("method_display") or run["method"], run["task"], train_fraction_label(run))
     other = chosen.get(key)
     if other is None:
       chosen[key] = run
       continue
     if not latest:
       raise ValueError(
-          f"method {key[0]!r}, task {key[1]!r} has two runs: {other['_path']} and "
+          f"method {key[0]!r}, task {key[1]!r}{', ' + key[2] if key[2] else ''} has two runs: "
+          f"{other['_path']} and "
           f"{run['_path']}; pass --latest to keep the newer one, or name one of them")
     if _created(run) > _created(other):
       chosen[key] = run
@@ -274,13 +283,16 @@ def _baselines(run: dict[str, Any]) -> dict[str, float]:
 
 
 def table3(runs: Sequence[dict[str, Any]], eval_name: str = TABLE_EVAL) -> Table:
-  """Table 3 from runs as `load_runs` returns them; runs of other tasks are ignored."""
+  """Table 3 from runs as `load_runs` returns them; runs of other tasks, and results without
+  the eval (e.g. `iab_jax.evaluate --evals detection`'s), are ignored."""
   display: dict[str, str] = {}  # row id -> display name, in first-seen order
   standard: dict[str, dict[int, float]] = {}
   semantic: dict[str, dict[str, dict[int, float]]] = {}
   where: dict[tuple[str, str], str] = {}
   baseline_values: dict[str, dict[str, list[float]]] = {}
   for run in runs:
+    if eval_name not in (run.get("evals") or {}):
+      continue
     method, task = run["method"], run["task"]
     row = method
     if task in ("standard", "group"):
@@ -704,10 +716,7 @@ def _detection_rows(runs: Sequence[dict[str, Any]],
         if level is None or str(level) in levels:
           found.append((name, ev))
     for name, ev in found:
-      parts = [run["task"]]
-      source = ((run.get("config") or {}).get("acm") or {}).get("source")
-      if source:  # the one class ACM's attribution space was fit on (its Table 3's rows)
-        parts.append(f"source {source}")
+      parts = [run["task"]] + [p for p in [train_fraction_label(run)] if p]
       if len(found) > 1:
         parts.append(name)
       rows.append((f"{run.get('method_display') or run['method']} ({', '.join(parts)})", ev))

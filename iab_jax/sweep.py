@@ -21,7 +21,8 @@ a generator's up-sampler, activation and norm lie inside the simulator's search 
 Detection (the ACM paper's protocol, iab_jax.evaluators.detection), on the mini-bench:
 
   python -m iab_jax.sweep --preset detection --workdir workdir/sweep
-  python -m iab_jax.sweep --preset detection_fractions --workdir workdir/sweep --fractions 0.01,0.1,1
+  python -m iab_jax.sweep --preset detection_fractions --workdir workdir/sweep \
+      --fractions 0.01,0.1,1
 
 `detection` trains ACM on detection:<generator> (--generator, default mini_bicubic) with the real
 images as the autoencoder's class and with the generator's (Table 3's variant), a linear probe on

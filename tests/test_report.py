@@ -499,7 +499,7 @@ def detection_runs() -> list[dict]:
                            trained_on=("4o", "SDXL"))}}
   acm = make_run("acm", "detection:SD1_5", [0.5] * 7)
   acm["method_display"] = "ACM"
-  acm["config"] = {"acm": {"source": "real"}}
+  acm["config"] = {"acm": {"source": "real"}, "input": {"train_fraction": 0.1}}
   acm["evals"] = {"detection": {"split": "test", "levels": {
       "0": detection_level(0, {"SD1_5": (1.0, 0.95), "4o": (0.8, 0.7)}, trained_on=("SD1_5",))}}}
   # A run without a real class: its detection eval was skipped, and must not show.
@@ -511,7 +511,7 @@ def detection_runs() -> list[dict]:
 def test_detection_tables():
   runs = detection_runs()
   table = report.detection_table(runs, "ap")
-  assert table.rows == ("ResNet-50 (standard)", "ACM (detection:SD1_5, source real)")
+  assert table.rows == ("ResNet-50 (standard)", "ACM (detection:SD1_5, train 10%)")
   # The registry's generator order, unregistered names last, then the Avg.
   assert table.columns == ("4o", "SD1_5", "SDXL", "my_gan", "Avg")
   np.testing.assert_allclose(table.values, [[70, np.nan, 90, 50, 70], [80, 100, np.nan, np.nan,
@@ -521,7 +521,7 @@ def test_detection_tables():
   assert "ACC (%)" in acc.title and "AP (%)" in table.title
   md = report.grid_markdown(table)
   assert "| Method | 4o | SD1_5 | SDXL | my_gan | Avg |" in md
-  assert "| ACM (detection:SD1_5, source real) | 80.00 | 100.00 | – | – | 90.00 |" in md
+  assert "| ACM (detection:SD1_5, train 10%) | 80.00 | 100.00 | – | – | 90.00 |" in md
   rows = list(csv.reader(io.StringIO(report.grid_csv(table))))
   assert rows[0] == ["method", "4o", "SD1_5", "SDXL", "my_gan", "Avg"]
   assert rows[1] == ["ResNet-50 (standard)", "70.0", "", "90.0", "50.0", "70.0"]
@@ -551,7 +551,7 @@ def test_detection_levels_table():
   runs = detection_runs()
   table = report.detection_levels_table(runs, "ap")
   assert table.columns == degradations.LEVEL_NAMES
-  assert table.rows == ("ResNet-50 (standard)", "ACM (detection:SD1_5, source real)")
+  assert table.rows == ("ResNet-50 (standard)", "ACM (detection:SD1_5, train 10%)")
   want = np.full((2, 7), np.nan)
   want[0, 0], want[0, 3], want[1, 0] = 70, 50, 90
   np.testing.assert_allclose(table.values, want)
@@ -588,7 +588,7 @@ def test_cli_writes_the_detection_tables(tmp_path, capsys):
                       "--no_summaries"]) == 0
   assert sorted(os.listdir(tmp_path / "out2")) == sorted(
       f"{s}.{e}" for s in stems[:3] for e in ("md", "csv"))
-  assert "| ACM (detection:SD1_5, source real) | 80.00 | 100.00 | 90.00 |" in (
+  assert "| ACM (detection:SD1_5, train 10%) | 80.00 | 100.00 | 90.00 |" in (
       capsys.readouterr().out)
 
 
@@ -602,3 +602,17 @@ def test_print_table_shows_the_detection_tables(capsys):
   assert "Seen AP" in printed and "JPEG q65" in printed and "Clean Acc. (%)" in printed
   cli.print_table(detection_runs()[2])  # skipped: Table 3's group row only
   assert "Detection" not in capsys.readouterr().out
+
+
+def test_runs_on_fractions_of_the_training_set_are_runs_of_their_own(tmp_path):
+  paths = []
+  for name, fraction in (("a", 1.0), ("b", 0.1), ("c", 0.1)):
+    run = make_run("acm", "detection:SD1_5", [0.5] * 7)
+    run["config"] = {"input": {"train_fraction": fraction}}
+    path = tmp_path / name / "results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(run))
+    paths.append(str(path))
+  assert len(report.load_runs(paths[:2])) == 2
+  with pytest.raises(ValueError, match="task 'detection:SD1_5', train 10% has two runs"):
+    report.load_runs(paths)

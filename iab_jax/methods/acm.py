@@ -1,7 +1,8 @@
 """The ACM detector (He et al. 2026): real/fake detection from deviations off one class's manifold.
 
-Frozen CLIP ViT-L/14 image features f (CLIP-LR's tower and feature cache, iab_jax/methods/clip_lr.py;
-"following UnivFD": the projected 768-d embedding) feed the attribution consistency module
+Frozen CLIP ViT-L/14 image features f (CLIP-LR's tower and feature cache,
+iab_jax/methods/clip_lr.py; "following UnivFD": the projected 768-d embedding) feed the
+attribution consistency module
 (iab_jax/models/acm.py): an autoencoder fitted with L_A = E ||f - D(E(f))||_1 (eq. 4) on the images
 of ONE class only (config.acm.source: the real images by default, or the generated ones for the
 paper's Table 3 variants), and a light classifier trained with binary cross-entropy (eq. 5) on the
@@ -11,8 +12,8 @@ Training alternates as the paper states: the classifier frozen while the autoenc
 the autoencoder frozen while the classifier updates. Both losses are summed in one step, the
 classifier reading A through stop_gradient, so each loss reaches only its own network; the
 optimizer's parameter groups take turns (iab_jax/optimizers.py: `turn_order` autoencoder then
-classifier, `alternate_every_steps` or `alternate_every_epochs` long), each with its own Adam state that stands
-still while the other trains.
+classifier, `alternate_every_steps` or `alternate_every_epochs` long), each with its own Adam
+state that stands still while the other trains.
 
 The method is a detector: it runs on the tasks `detection:<generator>` (classes real, fake) and
 predicts [P(real), P(generated)].
@@ -80,6 +81,8 @@ class Acm(clip_lr.ClipLR):
                        f"the run has {', '.join(self.classes)}")
     source = self.config.acm.get("source", "real")
     self.source_label = 0 if source == "real" else 1  # the task's generator is class "fake"
+    if source != "real":  # the tables tell the attribution spaces apart (the paper's Table 3)
+      self.display_name = f"{type(self).display_name} (source {source})"
 
   def model(self):
     from iab_jax.models import acm as acm_model

@@ -131,6 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 step_limit, "/".join(map(str, epoch_steps)))
     epoch_steps = [min(n, step_limit) for n in epoch_steps]
   total_steps = sum(p.num_epochs * n for p, n in zip(phases, epoch_steps))
+  for index in range(len(phases)):  # a bad optimizer setting fails now, not after the model
+    make_optimizer(phases, index, data_epochs, epoch_steps)
   phase_transforms = [p.transform or train_transform for p in phases]
   writer = writers.create(workdir)
   if jax.process_index() == 0:
@@ -177,11 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 position["phase"], position["epoch"], position["step_in_epoch"])
 
   def make_state(phase_index: int, params, model_state, step: int):
-    phase = phases[phase_index]
-    tx = optimizers.make(phase.optimizer, data_epochs[phase_index],
-                         phase.num_epochs * epoch_steps[phase_index],
-                         key=phase.optimizer_key or ("optimizer" if len(phases) == 1
-                                                     else f"phases.{phase.name}.optimizer"))
+    tx = make_optimizer(phases, phase_index, data_epochs, epoch_steps)
     opt_state = jax.jit(tx.init, out_shardings=repl)(params)
     return tx, {"params": params, "model_state": model_state, "opt_state": opt_state,
                 "step": sharding.replicate(np.int32(step), mesh)}
@@ -308,6 +306,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_results(results, os.path.join(workdir, RESULTS_JSON))
   writer.close()
   return results
+
+
+def make_optimizer(phases, index: int, data_epochs, epoch_steps) -> optax.GradientTransformation:
+  """Phase `index`'s optimizer, its durations in that phase's steps."""
+  phase = phases[index]
+  return optimizers.make(phase.optimizer, data_epochs[index],
+                         phase.num_epochs * epoch_steps[index],
+                         key=phase.optimizer_key or ("optimizer" if len(phases) == 1
+                                                     else f"phases.{phase.name}.optimizer"))
 
 
 def phase_training_positions(phase, data: tasks.TaskData, positions: np.ndarray) -> np.ndarray:

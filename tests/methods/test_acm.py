@@ -163,6 +163,13 @@ def test_generator_sources_are_accepted():
     config.acm.source = source
     acm.Acm.check_config(config)
   assert small_method("mini_bicubic").source_label == 1
+  from iab_jax import methods
+
+  config = acm_config.get_config("detection:mini_bicubic,runlocal")
+  config.acm.source = "mini_bicubic"
+  assert methods.get("acm")(config, ["real", "fake"]).display_name == "ACM (source mini_bicubic)"
+  config.acm.source = "real"
+  assert methods.get("acm")(config, ["real", "fake"]).display_name == "ACM"
 
 
 def test_runlocal_detection_run_through_the_loop(tiny_bench, tmp_path):

@@ -97,6 +97,15 @@ def test_attribute_takes_several_views_and_the_headline_rule(method, tiny_bench,
   np.testing.assert_allclose(probabilities, np.asarray(attributor.method.headline(scores)),
                              rtol=1e-5, atol=1e-6)
   assert probabilities.shape == (4, 7)
+  # `iab_jax.evaluate --evals detection` restores such a run too (its example is several views)
+  # and scores it by the same headline rule: p_fake = 1 - P(real) of the run's own test scores.
+  from iab_jax import evaluate as evaluate_lib
+
+  evaluate_lib.select_evals(config, "detection")
+  detection = evaluate_lib.evaluate(config, workdir, "detection")["evals"]["detection"]
+  with open(os.path.join(workdir, runs.RESULTS_JSON)) as f:
+    own = json.load(f)["evals"]["detection"]
+  assert detection["levels"]["0"]["per_generator"] == own["levels"]["0"]["per_generator"]
 
 
 @pytest.mark.parametrize("method", ("dct_cnn", "embedding_lr"))
