@@ -317,13 +317,7 @@ def main(argv=None) -> None:
                       help="CPU threads of each side (XLA's and torch's intra-op pools); 0: "
                            "the libraries' defaults")
   parser.add_argument("--skip", default="", help="comma-separated: features, training")
-  given = {a.lstrip("-").split("=")[0] for a in (argv if argv is not None else sys.argv[1:])
-           if a.startswith("--")}
-  args = parser.parse_args(argv)
-  if args.quick:
-    for key, value in QUICK.items():
-      if key not in given:
-        setattr(args, key, value)
+  args = ofa_bench.parse_with_quick(parser, argv, QUICK)
   skip = set(filter(None, args.skip.split(",")))
   unknown = skip - {"features", "training"}
   if unknown:

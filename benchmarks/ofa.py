@@ -435,6 +435,18 @@ def ours_extractor(args, counter):
 
 # ---------------------------------------------------------------------------------------------
 
+def parse_with_quick(parser: argparse.ArgumentParser, argv, quick: dict) -> argparse.Namespace:
+  """The arguments, with --quick's values for every option the command line did not give."""
+  given = {a.lstrip("-").split("=")[0] for a in (argv if argv is not None else sys.argv[1:])
+           if a.startswith("--")}
+  args = parser.parse_args(argv)
+  if args.quick:
+    for key, value in quick.items():
+      if key not in given:
+        setattr(args, key, value)
+  return args
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true",
@@ -453,13 +465,7 @@ def main(argv=None) -> None:
   parser.add_argument("--archs", type=int, default=100,
                       help="architectures of the recompilation check")
   parser.add_argument("--skip", default="", help="comma-separated: simulator, torch, extractor")
-  given = {a.lstrip("-").split("=")[0] for a in (argv if argv is not None else sys.argv[1:])
-           if a.startswith("--")}
-  args = parser.parse_args(argv)
-  if args.quick:
-    for key, value in QUICK.items():
-      if key not in given:
-        setattr(args, key, value)
+  args = parse_with_quick(parser, argv, QUICK)
   skip = set(filter(None, args.skip.split(",")))
 
   counter = CompileCounter()

@@ -88,10 +88,11 @@ class Acm(clip_lr.ClipLR):
     from iab_jax.models import acm as acm_model
 
     acm = self.config.acm
-    return acm_model.Model(dim=self.dim, hidden=tuple(acm.get("hidden", (512,))),
-                           bottleneck=int(acm.get("bottleneck", 128)),
-                           classifier_hidden=tuple(acm.get("classifier_hidden", ())),
-                           activation=acm.get("activation", "relu"))
+    return acm_model.AttributionConsistency(
+        dim=self.dim, hidden=tuple(acm.get("hidden", (512,))),
+        bottleneck=int(acm.get("bottleneck", 128)),
+        classifier_hidden=tuple(acm.get("classifier_hidden", ())),
+        activation=acm.get("activation", "relu"))
 
   def phases(self):
     return [base.Phase("train", int(self.config.num_epochs), self.config.optimizer)]

@@ -60,7 +60,7 @@ class Autoencoder(nn.Module):
     return self.decoder(self.encode(features))
 
 
-class Model(nn.Module):
+class AttributionConsistency(nn.Module):
   dim: int
   hidden: Sequence[int] = (512,)
   bottleneck: int = 128

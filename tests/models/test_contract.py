@@ -42,6 +42,7 @@ SMALL = {
 NOT_MODELS = {  # not a network over one image to classes or features
     "lpips": "LPIPS",  # a distance between two images
     "ofa_simulator": "Simulator",  # a reconstruction through an architecture given per call
+    "acm": "AttributionConsistency",  # reads frozen features, not images
 }
 
 
