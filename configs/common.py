@@ -2,8 +2,8 @@
 
 A method config calls `task_config(arg, ...)` with its recipe and overrides what else it needs.
 `arg` is what follows the `:` in `--config configs/<method>.py:<arg>`: a task (`standard`,
-`semantic1|2|3`, `semantic:<class>`, `openset0..4` or `openset:<fold>`), optionally followed by
-comma-separated options:
+`semantic1|2|3`, `semantic:<class>`, `openset0..4`, `openset:<fold>` or `detection:<generator>`),
+optionally followed by comma-separated options:
 `runlocal` shrinks the run to a smoke test, `data=DIR` points at a dataset directory,
 `official` reproduces the official PyTorch code where it changes numbers (its split, its 16-bit
 decoding, testing the last epoch instead of the best; methods add their own deviations),
