@@ -22,7 +22,7 @@ import os
 
 import ml_collections
 
-from iab_jax import tasks
+from iab_jax import evaluators, tasks
 from iab_jax.data import manifests
 
 # The paper resizes and center-crops images to 256x256 (section 4).
@@ -126,7 +126,7 @@ def task_config(arg: str, *, method: str, standard_epochs: int = 10, semantic_ep
                             "levels": (0,)}
   if task.protocol == "detection":
     del config.evals["test"]
-  config.evals.detection = detection_eval()
+  config.evals.detection = evaluators.detection_config()
   config.seed = 0
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0: at the end of each epoch only
@@ -159,12 +159,6 @@ def task_config(arg: str, *, method: str, standard_epochs: int = 10, semantic_ep
     config.max_steps_per_epoch = 3
     config.max_eval_examples = 2 * batch_size
   return config
-
-
-def detection_eval() -> dict:
-  """The `detection` eval every task config has (iab_jax.evaluate --evals detection adds it to a
-  run made before it existed)."""
-  return {"type": "detection", "split": "test", "levels": tuple(range(NUM_LEVELS))}
 
 
 def options_of(arg: str) -> dict[str, str | bool]:

@@ -40,9 +40,9 @@ from iab_jax import cli, errors, runs  # noqa: E402
 
 # Evals `--evals` may add to a run whose config lacks them, with their defaults.
 def _standard_evals() -> dict:
-  from configs import common
+  from iab_jax import evaluators
 
-  return {"detection": common.detection_eval()}
+  return {"detection": evaluators.detection_config()}
 
 
 def select_evals(config, names: str) -> None:

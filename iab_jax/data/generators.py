@@ -105,6 +105,14 @@ def is_real_name(name: str) -> bool:
   return gen.is_real if gen else name == REAL
 
 
+def real_class_index(classes) -> int | None:
+  """The index of the class of real images among `classes` (is_real_name), None without one."""
+  found = [i for i, c in enumerate(classes) if is_real_name(c)]
+  if len(found) > 1:
+    raise ValueError(f"classes {', '.join(classes[i] for i in found)} all name real images")
+  return found[0] if found else None
+
+
 def family_levels(name: str) -> tuple[int, int, int, int]:
   gen = lookup(name)
   return gen.levels if gen else UNKNOWN_LEVELS

@@ -192,8 +192,10 @@ class Stack:
   transform_spec: str
 
   def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    first = _shapes(examples[0]["image"]) if "image" in examples[0] else None
-    for example in examples[1:] if first is not None else ():
+    if "image" not in examples[0]:  # make_dataset(images=False)
+      return {key: stack_tree([e[key] for e in examples]) for key in examples[0]}
+    first = _shapes(examples[0]["image"])
+    for example in examples[1:]:
       shapes = _shapes(example["image"])
       if shapes != first:
         raise InputError(

@@ -18,6 +18,15 @@ _REGISTRY = {
 }
 
 
+def detection_config() -> dict:
+  """The `detection` eval every task config has (configs/common.py), and the one
+  `iab_jax.evaluate --evals detection` adds to a run made before it existed: the test split at
+  all 7 levels. Here rather than in detection.py, so that a config is built without JAX."""
+  from iab_jax.data import degradations
+
+  return {"type": "detection", "split": "test", "levels": tuple(range(degradations.NUM_LEVELS))}
+
+
 def get(kind: str, key: str = "evals"):
   if kind not in _REGISTRY:
     raise ValueError(f"config.{key}.type={kind!r}; known evaluator types: "

@@ -41,12 +41,7 @@ from iab_jax.evaluators import classification
 METRICS = ("ap", "accuracy", "f1", "real_accuracy", "fake_accuracy")  # averaged over generators
 
 
-def real_column(classes: Sequence[str]) -> int | None:
-  """The index of the run's class of real images, None without one."""
-  found = [i for i, c in enumerate(classes) if generators.is_real_name(c)]
-  if len(found) > 1:
-    raise ValueError(f"classes {', '.join(classes[i] for i in found)} all name real images")
-  return found[0] if found else None
+real_column = generators.real_class_index  # the column of P(real) (None: no real class)
 
 
 def real_mask(generator_names: np.ndarray) -> np.ndarray:

@@ -59,9 +59,6 @@ def _mean_pair_scores(method, variables, query, support, valid):
   return scores @ weights / jnp.maximum(weights.sum(), 1.0)
 
 
-is_real = generators.is_real_name
-
-
 def _with_all_split(data):
   """The run's data with an extra split "all" holding every record."""
   manifest = data.manifest
@@ -142,7 +139,7 @@ class Evaluator:
     names = data.dataset.column("generator").astype(str)[positions]
     present = generators.class_order(set(names.tolist()))
     if classes == GENERATORS:
-      self.classes = [c for c in present if not is_real(c)]
+      self.classes = [c for c in present if not generators.is_real_name(c)]
     elif isinstance(classes, str):
       raise ValueError(f"classes={classes!r}; expected {GENERATORS!r} or a tuple of names")
     else:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from iab_jax import tasks
-from iab_jax.methods import base, clip_lr
+from iab_jax.methods import base, classifier, clip_lr
 
 FIELDS = ("source", "hidden", "bottleneck", "classifier_hidden", "activation")
 GROUPS = ("autoencoder", "classifier")  # the optimizer's groups, in the paper's turn order
@@ -47,12 +47,8 @@ class Acm(clip_lr.ClipLR):
       raise ValueError(f"config.task={config.task!r}: ACM is a real/fake detector; expected a "
                        "detection task, e.g. configs/acm.py:detection:SD1_5")
     cls.check_tower(config)
-    acm = config.get("acm")
-    if acm is None:
-      raise ValueError(f"config.acm is missing; expected {', '.join(FIELDS)}")
-    unknown = sorted(set(acm) - set(FIELDS))
-    if unknown:
-      raise ValueError(f"config.acm.{unknown[0]}: unknown; expected {', '.join(FIELDS)}")
+    classifier.check_fields(config, "acm", FIELDS)
+    acm = config.acm
     sources = ("real", "fake") + (() if task.generator == tasks.DETECTION_ALL
                                   else (task.generator,))
     if acm.get("source", "real") not in sources:
@@ -100,9 +96,6 @@ class Acm(clip_lr.ClipLR):
   def init(self, rng, images=None, pretrained=True):
     del images, pretrained  # reads cached features only; nothing pretrained of its own
     return {"params": self.model().init(rng, jnp.zeros((1, self.dim), jnp.float32))["params"]}
-
-  def fit(self, variables, features, labels):
-    raise NotImplementedError("ACM trains by steps (the supervised trainer), not by one fit")
 
   def _forward(self, variables, batch):
     return self.model().apply({"params": variables["params"]},

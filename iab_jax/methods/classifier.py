@@ -90,11 +90,18 @@ def check_model_fields(config, fields, name: str | None = None) -> None:
     if model is None or model.get("name") != name:
       raise ValueError(f"config.model.name must be {name!r} for the {name} method")
     fields = (*fields, "name")
-  if model is None:
-    raise ValueError("config.model is missing; expected " + ", ".join(fields))
-  unknown = set(model) - set(fields)
+  check_fields(config, "model", fields)
+
+
+def check_fields(config, section: str, fields) -> None:
+  """config.<section> exists and names only `fields` (one line naming the first unknown key)."""
+  values = config.get(section)
+  if values is None:
+    raise ValueError(f"config.{section} is missing; expected " + ", ".join(fields))
+  unknown = set(values) - set(fields)
   if unknown:
-    raise ValueError(f"config.model.{sorted(unknown)[0]}: unknown; expected {', '.join(fields)}")
+    raise ValueError(f"config.{section}.{sorted(unknown)[0]}: unknown; expected "
+                     f"{', '.join(fields)}")
 
 
 def model_kwargs(config, fields) -> dict:

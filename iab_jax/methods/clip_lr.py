@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from iab_jax.methods import base, logistic, official
+from iab_jax.methods import base, classifier, logistic, official
 
 FEATURES = "clip"  # the key of the cached embeddings in batch["features"]
 OFFICIAL_LAYOUT = "clip_lr_state_dict.txt"
@@ -39,13 +39,8 @@ class ClipLR(base.Method):
   @classmethod
   def check_config(cls, config):
     cls.check_tower(config)
-    lr = config.get("logistic")
-    if lr is None:
-      raise ValueError(f"config.logistic is missing; expected {', '.join(_LOGISTIC_FIELDS)}")
-    unknown = set(lr) - set(_LOGISTIC_FIELDS)
-    if unknown:
-      raise ValueError(f"config.logistic.{sorted(unknown)[0]}: unknown; expected "
-                       f"{', '.join(_LOGISTIC_FIELDS)}")
+    classifier.check_fields(config, "logistic", _LOGISTIC_FIELDS)
+    lr = config.logistic
     if lr.get("C", 1.0) <= 0:
       raise ValueError(f"config.logistic.C={lr.C}; expected > 0 (inverse L2 strength)")
 
@@ -101,36 +96,9 @@ class ClipLR(base.Method):
     return self._features
 
   def _frozen_tower(self) -> base.FrozenFeatures:
-    from iab_jax import console, weights
-
     module, model, arch = self._tower()
-    path = self._weights_file()
-    # The compute dtype changes the features too (bfloat16 vs float32), so it is part of them.
-    arch_text = "clip_vit" + json.dumps({**arch, "dtype": model.dtype.name if hasattr(
-        model.dtype, "name") else str(model.dtype)}, sort_keys=True, separators=(",", ":"))
-    if path is None:
-      identity = f"{arch_text}:random(seed=0)"
-      console.say("%s: the features come from a randomly initialised CLIP image tower (%s), "
-                  "not from CLIP", self.display_name, arch_text)
-    else:
-      identity = f"{arch_text}:{weights.file_identity(path)}"
-    size = int(arch["image_size"])
-
-    def build():
-      images = jnp.zeros((1, size, size, 3), jnp.float32)
-      init = lambda: model.init(jax.random.key(0), images, train=False)
-      if path is None:
-        variables = jax.jit(init)()  # one program: initialisers op by op compile one by one
-      else:
-        variables = weights.load_into(dict(jax.eval_shape(init)), module, path)
-
-      def apply(variables, images):
-        return model.apply(variables, images, train=False)[0]
-
-      return apply, variables
-
-    return base.FrozenFeatures(name=FEATURES, transform=self.config.input.eval_transform,
-                               identity=identity, dim=self.dim, build=build)
+    return frozen_network(self, FEATURES, "clip_vit", module, model, arch, int(arch["image_size"]),
+                          ("CLIP image tower", "CLIP"))
 
   # -------------------------------------------------------------------------------------------
   # The head.
@@ -175,6 +143,47 @@ class ClipLR(base.Method):
 
   def predict(self, variables, batch):
     return jax.nn.softmax(self._logits(variables, batch), axis=-1)
+
+
+def frozen_network(method, name: str, kind: str, module, model, arch: dict, image_size: int,
+                   what: tuple[str, str], rng_impl: str | None = None) -> base.FrozenFeatures:
+  """`method`'s frozen backbone `model` (a Model(num_classes=0) of iab_jax.models `module`) as
+  FrozenFeatures `name`: its pooled output on the method's evaluation transform, built from the
+  weights file the config names or, without one, randomly initialised from key 0 (`rng_impl`).
+
+  Its identity is `kind`, the architecture `arch` and the compute dtype (bfloat16 changes the
+  features too), then the file's identity or "random(seed=0)" ("random(<impl>,seed=0)"), so that
+  runs and methods sharing the backbone share its cache. `what`: (the network, its weights) as
+  the log names them.
+  """
+  from iab_jax import console, weights
+
+  path = method._weights_file()
+  arch_text = kind + json.dumps({**arch, "dtype": jnp.dtype(model.dtype).name}, sort_keys=True,
+                                separators=(",", ":"))
+  if path is None:
+    identity = f"{arch_text}:random({rng_impl + ',' if rng_impl else ''}seed=0)"
+    console.say("%s: the features come from a randomly initialised %s (%s), not from %s",
+                method.display_name, what[0], arch_text, what[1])
+  else:
+    identity = f"{arch_text}:{weights.file_identity(path)}"
+
+  def build():
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    init = lambda: model.init(jax.random.key(0, impl=rng_impl), images, train=False)
+    if path is None:
+      variables = jax.jit(init)()  # one program: initialisers op by op compile one by one
+    else:
+      # A headless Model(num_classes=0) has no place for the file's classifier: it is dropped.
+      variables = weights.load_into(dict(jax.eval_shape(init)), module, path)
+
+    def apply(variables, images):
+      return model.apply(variables, images, train=False)[0]  # the pooled features
+
+    return apply, variables
+
+  return base.FrozenFeatures(name=name, transform=method.config.input.eval_transform,
+                             identity=identity, dim=method.dim, build=build)
 
 
 # ---------------------------------------------------------------------------------------------

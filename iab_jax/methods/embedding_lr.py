@@ -26,9 +26,6 @@ Variables: {"params": {"kernel" (D, C), "bias" (C,)}, "scaler": {"mean" (D,), "s
 
 from __future__ import annotations
 
-import json
-
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -126,39 +123,11 @@ class EmbeddingLR(clip_lr.ClipLR):
     return resnet, resnet.Model(num_classes=0, dtype=dtype, **arch), arch
 
   def _frozen_resnet(self) -> base.FrozenFeatures:
-    from iab_jax import console, weights
-
     module, model, arch = self._resnet()
-    path = self._weights_file()
-    # The compute dtype changes the features too, so it is part of their identity.
-    arch_text = "resnet" + json.dumps({**arch, "dtype": jnp.dtype(model.dtype).name},
-                                      sort_keys=True, separators=(",", ":"))
-    if path is None:
-      identity = f"{arch_text}:random(rbg,seed=0)"
-      console.say("%s: the features come from a randomly initialised ResNet (%s), not from "
-                  "ImageNet weights", self.display_name, arch_text)
-    else:
-      identity = f"{arch_text}:{weights.file_identity(path)}"
-
-    def build():
-      # The stem and pooling take any size; 224 is what the ImageNet weights were trained at.
-      images = jnp.zeros((1, 224, 224, 3), jnp.float32)
-      # rbg: threefry's initialisers compile about twice as slowly on CPU (as in defl.py).
-      init = lambda: model.init(jax.random.key(0, impl="rbg"), images, train=False)
-      if path is None:
-        variables = jax.jit(init)()  # one program: initialisers op by op compile one by one
-      else:
-        # The file's 1000-way fc has no place in a headless Model(num_classes=0): dropped.
-        variables = weights.load_into(dict(jax.eval_shape(init)), module, path)
-
-      def apply(variables, images):
-        return model.apply(variables, images, train=False)[0]  # the pooled (N, 32 * width)
-
-      return apply, variables
-
-    return base.FrozenFeatures(name=FEATURES["resnet50"],
-                               transform=self.config.input.eval_transform, identity=identity,
-                               dim=self.dim, build=build)
+    # The stem and pooling take any size; 224 is what the ImageNet weights were trained at. rbg:
+    # threefry's initialisers compile about twice as slowly on CPU (as in defl.py).
+    return clip_lr.frozen_network(self, FEATURES["resnet50"], "resnet", module, model, arch, 224,
+                                  ("ResNet", "ImageNet weights"), rng_impl="rbg")
 
   # -------------------------------------------------------------------------------------------
   # The head (CLIP-LR's) reads its features under CLIP-LR's key.

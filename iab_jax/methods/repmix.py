@@ -108,13 +108,7 @@ class RepMixNet(nn.Module):
     return attribution, {"detection": detection, "embedding": embedding}
 
 
-def real_class_index(classes: Sequence[str]) -> int | None:
-  """The index of the run's real class (the registered generator whose level 0 is real)."""
-  for i, name in enumerate(classes):
-    gen = generators.lookup(name)
-    if gen is not None and gen.is_real:
-      return i
-  return None
+real_class_index = generators.real_class_index  # the run's real class (None without one)
 
 
 class RepMix(base.Method):
